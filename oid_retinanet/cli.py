@@ -1,0 +1,48 @@
+"""Shared plumbing of the scripts: logging set-up and turning user errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+
+from oid_retinanet.errors import OIDInputError
+
+EXIT_USER_ERROR = 2
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr: INFO by default, DEBUG with verbose."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def script_main(func: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a script's main(argv) so bad input ends with one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(argv: list[str] | None = None) -> int:
+        prog = getattr(func, "__module__", "script")
+        try:
+            return func(argv)
+        except (OIDInputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            print(f"error: {_describe(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted; finished outputs are kept, unfinished ones were not written",
+                  file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)

@@ -1,0 +1,15 @@
+"""The exceptions the library raises for bad input; scripts turn them into one line on stderr."""
+
+from __future__ import annotations
+
+
+class OIDInputError(ValueError):
+    """Bad user input: names the file, the row (1-based line in the file, header included) and the value."""
+
+    def __init__(self, message: str, path: str | None = None, row: int | None = None):
+        self.path = path
+        self.row = row
+        where = ""
+        if path is not None:
+            where = f"{path}, row {row}: " if row is not None else f"{path}: "
+        super().__init__(where + message)

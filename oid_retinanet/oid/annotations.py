@@ -1,0 +1,131 @@
+"""Box annotation CSVs, image-level label CSVs and the per-level files made from them.
+
+Box CSVs: the 13-column train layout (`ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,
+IsTruncated,IsGroupOf,IsDepiction,IsInside`), the validation layouts with fewer columns, and the level files,
+whose negative images are rows with an empty LabelName and empty coordinates. Coordinates are normalised to
+[0, 1], in the order XMin, XMax, YMin, YMax (Kaggle prediction strings use XMin YMin XMax YMax).
+
+Columns other than the ids keep the types pandas infers, so a file written back has the same text pandas
+gave the original scripts (coordinates as float repr, `Confidence` as `1` or `1.0`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from oid_retinanet.errors import OIDInputError
+from oid_retinanet.oid.classes import ClassList
+
+BOX_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
+               "IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
+REQUIRED_BOX_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
+COORD_COLUMNS = ("XMin", "XMax", "YMin", "YMax")
+ID_COLUMNS = ("ImageID", "Source", "LabelName")
+IMAGE_LABEL_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence")
+
+
+def read_csv_checked(path: str, required: tuple[str, ...], str_columns: tuple[str, ...] = ID_COLUMNS,
+                     **kwargs) -> pd.DataFrame:
+    """pandas.read_csv with id columns kept as strings and parse errors named by file and line."""
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in str_columns}, keep_default_na=False,
+                         na_values={c: [""] for c in ("XMin", "XMax", "YMin", "YMax")}, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise OIDInputError("file is empty", path) from None
+    except pd.errors.ParserError as exc:
+        raise OIDInputError(f"malformed CSV: {str(exc).strip()}", path) from None
+    except UnicodeDecodeError as exc:
+        raise OIDInputError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise OIDInputError(f"missing column(s) {', '.join(missing)}; header is {','.join(map(str, df.columns))}",
+                            path, 1)
+    return df
+
+
+def _first_bad(mask: np.ndarray) -> int | None:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if idx.size else None
+
+
+def _row(i: int) -> int:
+    return i + 2  # 1-based line numbers, the header is line 1
+
+
+def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
+                allow_negatives: bool = False) -> None:
+    """Raise OIDInputError for the first bad row: non-numeric or out-of-range coordinates, XMin > XMax,
+    YMin > YMax, an empty or unknown LabelName.
+
+    allow_negatives: rows with an empty LabelName and empty coordinates (level files' negative images).
+    """
+    labels = df["LabelName"].to_numpy(dtype=object)
+    empty_label = labels == ""
+    negative = empty_label if allow_negatives else np.zeros(len(df), dtype=bool)
+    coords = {}
+    for c in COORD_COLUMNS:
+        col = df[c]
+        if col.dtype == object:
+            num = pd.to_numeric(col, errors="coerce")
+            bad = _first_bad(num.isna().to_numpy() & col.notna().to_numpy())
+            if bad is not None:
+                raise OIDInputError(f"{c} is not a number: {col.iloc[bad]!r}", path, _row(bad))
+            col = num
+        coords[c] = col.to_numpy(dtype=np.float64)
+        bad = _first_bad(np.isnan(coords[c]) & ~negative)
+        if bad is not None:
+            raise OIDInputError(f"{c} is empty", path, _row(bad))
+        with np.errstate(invalid="ignore"):
+            bad = _first_bad((coords[c] < 0) | (coords[c] > 1))
+        if bad is not None:
+            raise OIDInputError(f"{c} = {coords[c][bad]!r} is outside [0, 1]", path, _row(bad))
+    for lo, hi in (("XMin", "XMax"), ("YMin", "YMax")):
+        with np.errstate(invalid="ignore"):
+            bad = _first_bad(coords[lo] > coords[hi])
+        if bad is not None:
+            raise OIDInputError(f"{lo} = {coords[lo][bad]!r} > {hi} = {coords[hi][bad]!r}", path, _row(bad))
+    bad = _first_bad(empty_label & ~negative)
+    if bad is not None:
+        raise OIDInputError("empty LabelName", path, _row(bad))
+    if classes is not None:
+        known = np.isin(labels, np.array(classes.mids, dtype=object)) | negative
+        bad = _first_bad(~known)
+        if bad is not None:
+            raise OIDInputError(f"unknown MID {labels[bad]!r} (not in {classes.source})", path, _row(bad))
+
+
+def read_boxes(path: str, classes: ClassList | None = None, allow_negatives: bool = False,
+               required: tuple[str, ...] = REQUIRED_BOX_COLUMNS) -> pd.DataFrame:
+    """Read and check a box annotation CSV (or a level file with allow_negatives)."""
+    df = read_csv_checked(path, required)
+    check_boxes(df, path, classes, allow_negatives)
+    return df
+
+
+def read_image_labels(path: str, classes: ClassList | None = None) -> pd.DataFrame:
+    """Read and check an image-level label CSV (`ImageID,Source,LabelName,Confidence`, Confidence 0 or 1)."""
+    df = read_csv_checked(path, ("ImageID", "LabelName", "Confidence"))
+    conf = pd.to_numeric(df["Confidence"], errors="coerce").to_numpy()
+    bad = _first_bad(~np.isin(conf, (0, 1)))
+    if bad is not None:
+        raise OIDInputError(f"Confidence must be 0 or 1, got {df['Confidence'].iloc[bad]!r}", path, _row(bad))
+    labels = df["LabelName"].to_numpy(dtype=object)
+    bad = _first_bad(labels == "")
+    if bad is not None:
+        raise OIDInputError("empty LabelName", path, _row(bad))
+    if classes is not None:
+        bad = _first_bad(~np.isin(labels, np.array(classes.mids, dtype=object)))
+        if bad is not None:
+            raise OIDInputError(f"unknown MID {labels[bad]!r} (not in {classes.source})", path, _row(bad))
+    return df
+
+
+def negative_rows(image_ids: list[str] | np.ndarray) -> pd.DataFrame:
+    """Rows for negative images as the original level files hold them: `id,freeform,,1.0,,,,,0,0,0,0,0`."""
+    n = len(image_ids)
+    values = {"Source": "freeform", "LabelName": "", "Confidence": 1.0, "XMin": "", "XMax": "", "YMin": "",
+              "YMax": "", "IsOccluded": 0, "IsTruncated": 0, "IsGroupOf": 0, "IsDepiction": 0, "IsInside": 0}
+    data = {"ImageID": np.asarray(image_ids, dtype=object)}
+    data.update({c: np.full(n, v, dtype=object if isinstance(v, str) else type(v)) for c, v in values.items()})
+    return pd.DataFrame(data, columns=list(BOX_COLUMNS))

@@ -1,0 +1,261 @@
+"""Per-level training files: the class lists of each hierarchy level and the annotation rows a level keeps.
+
+2018 (ZFTurbo, five levels and a level-1 variant for rare classes). For level K:
+- the boxes directly labelled with a level-K class are kept; level 1 and the low-samples variant first drop
+  every group-of box, level 2 drops group-of only among these direct boxes, levels 3-5 keep group-of;
+- levels 2-5 add a relabelled copy of every box of a child class (the lower levels' classes and a few extra
+  ones, repeats kept) for each of its ancestors that is a level-K class. Copies come from all boxes,
+  group-of included;
+- negative images (one row with an empty label) are images with none of the kept boxes and none of the
+  higher levels' classes; level 1 takes them only among images of a fixed list of rare classes.
+2019 (gujingxiao, seven levels): group-of boxes dropped, then the boxes of the level's classes, no copies
+and no negatives.
+
+Row order inside a file: direct boxes in file order, then copies by child and ancestor, then negatives in
+order of first appearance. The original's negatives followed Python's set order, so compare as multisets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from oid_retinanet.errors import OIDInputError
+from oid_retinanet.files import atomic_path
+from oid_retinanet.oid.annotations import BOX_COLUMNS, negative_rows
+from oid_retinanet.oid.classes import ClassList, write_class_descriptions
+from oid_retinanet.oid.hierarchy import Hierarchy
+from oid_retinanet.resources import resource_path
+
+log = logging.getLogger(__name__)
+
+LEVELS_2018 = ("1", "2", "3", "4", "5", "1_low_samples")
+LEVELS_2019 = ("1", "2", "3", "4", "5", "6", "7")
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """What one level file set holds: its classes and the rules that select rows."""
+
+    key: str                          # "1".."7" or "1_low_samples"
+    classes: tuple[tuple[str, str], ...]  # (mid, display name) as written to the class-description file
+    group_of: str = "keep"            # "drop_all" | "drop_direct" | "keep"
+    children: tuple[str, ...] = ()    # MIDs whose boxes are copied to their level ancestors (repeats kept)
+    negatives: str = "none"           # "none" | "all_images" | "candidate_images"
+    negative_candidates: tuple[str, ...] = ()  # MIDs marking candidate negative images
+    not_negative: tuple[str, ...] = ()  # MIDs whose images are never negatives
+    thirteen_columns: bool = False    # write exactly the 13 train columns (2018 level 1)
+
+    @property
+    def mids(self) -> list[str]:
+        return [m for m, _ in self.classes]
+
+    @property
+    def folder(self) -> str:
+        return f"level_{self.key}_files"
+
+    @property
+    def number(self) -> str:
+        return self.key.split("_")[0]
+
+
+@dataclass
+class LevelSummary:
+    """Counts logged per level and subset."""
+
+    level: str
+    subset: str
+    direct_rows: int = 0
+    copied_rows: int = 0
+    negative_images: int = 0
+    copies_by_parent: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (f"level {self.level} {self.subset}: {self.direct_rows} rows kept, {self.copied_rows} rows copied "
+                f"to parents, {self.negative_images} negative images")
+
+
+def _load_json(name: str) -> dict:
+    with open(resource_path(name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def levels_2018(classes: ClassList) -> dict[str, LevelSpec]:
+    """The 2018 level specs, names resolved through the v4 class list `classes` (unique names)."""
+    data = _load_json("levels_2018.json")
+    lv = {k: [classes.mid(n) for n in names] for k, names in data["levels"].items()}
+    named = {k: tuple((classes.mid(n), n) for n in names) for k, names in data["levels"].items()}
+    extra = {k: [classes.mid(n) for n in names] for k, names in data["extra_children"].items()}
+    negative_classes = [classes.mid(n) for n in data["negative_sample_classes"]]
+    low_names = data["level_1_low_samples"]
+    low = [classes.mid(n) for n in low_names]
+
+    def higher(k: int) -> tuple[str, ...]:
+        return tuple(m for j in range(k + 1, 6) for m in lv[str(j)])
+
+    def lower(k: int) -> tuple[str, ...]:
+        return tuple(m for j in range(1, k) for m in lv[str(j)])
+
+    specs = {
+        "1": LevelSpec("1", named["1"], group_of="drop_all", negatives="candidate_images",
+                       negative_candidates=tuple(negative_classes), not_negative=higher(1),
+                       thirteen_columns=True),
+        "1_low_samples": LevelSpec(
+            "1_low_samples", tuple((classes.mid(n), n) for n in low_names), group_of="drop_all",
+            negatives="candidate_images", not_negative=higher(1),
+            # the level-1 classes left out of this variant mark candidate negatives too, as in the original
+            negative_candidates=tuple(negative_classes + [m for m in lv["1"] if m not in set(low)])),
+    }
+    for k in (2, 3, 4, 5):
+        specs[str(k)] = LevelSpec(str(k), named[str(k)], group_of="drop_direct" if k == 2 else "keep",
+                                  children=lower(k) + tuple(extra[str(k)]), negatives="all_images",
+                                  not_negative=higher(k))
+    return specs
+
+
+def levels_2019(classes: ClassList | None = None) -> dict[str, LevelSpec]:
+    """The 2019 level specs.
+
+    classes=None: the shipped MIDs (every name resolved, see levels_2019.json). With a class list: the
+    original's lookup, each name through that file with the last row winning, an unknown name an error.
+    """
+    data = _load_json("levels_2019.json")
+    specs = {}
+    for k, rows in data["levels"].items():
+        try:
+            pairs = tuple((mid, name) if classes is None else (classes.mid(name, last_wins=True), name)
+                          for mid, name in rows)
+        except OIDInputError as exc:
+            raise OIDInputError(f"level {k}: {exc}") from None
+        specs[k] = LevelSpec(k, pairs, group_of="drop_all")
+    return specs
+
+
+def frequency_band_levels(boxes: pd.DataFrame, bounds: list[int], classes: ClassList,
+                          candidates: list[str] | None = None) -> dict[str, LevelSpec]:
+    """Levels by box count, as the 2019 lists were made: the candidate classes ranked by their number of
+    boxes (most first, ties by MID), cut at `bounds` (e.g. [38, 173, 308] gives ranks 0-37, 38-172, 173-307
+    and 308 on). Candidates default to every class of `classes`; classes without boxes come last.
+    """
+    candidates = list(classes.mids if candidates is None else candidates)
+    counts = boxes["LabelName"].value_counts()
+    ranked = sorted(candidates, key=lambda m: (-int(counts.get(m, 0)), m))
+    edges = [0, *sorted(bounds), len(ranked)]
+    specs = {}
+    for k in range(1, len(edges)):
+        band = ranked[edges[k - 1]:edges[k]]
+        specs[str(k)] = LevelSpec(str(k), tuple((m, classes.name(m)) for m in band), group_of="drop_all")
+    return specs
+
+
+def level_2019_children() -> list[str]:
+    """The 443 MIDs of the 2019 leaf levels 1-5 (the original's LEVEL_CHILDREN)."""
+    return list(_load_json("levels_2019.json")["children"])
+
+
+def build_level(boxes: pd.DataFrame, spec: LevelSpec, hierarchy: Hierarchy | None = None,
+                source: str = "<boxes>", subset: str = "") -> tuple[pd.DataFrame, LevelSummary]:
+    """The rows of one level file made from one annotation frame (see the module docstring for the rules)."""
+    summary = LevelSummary(spec.key, subset)
+    labels = boxes["LabelName"].to_numpy(dtype=object)
+    if spec.group_of != "keep":
+        if "IsGroupOf" not in boxes.columns:
+            raise OIDInputError(f"level {spec.key} drops group-of boxes but there is no IsGroupOf column", source)
+        not_group = (boxes["IsGroupOf"] == 0).to_numpy()
+    if spec.group_of == "drop_all":
+        boxes, labels = boxes[not_group], labels[not_group]
+    level_mids = set(spec.mids)
+    direct = boxes["LabelName"].isin(level_mids).to_numpy()
+    if spec.group_of == "drop_direct":
+        direct &= not_group
+    parts = [boxes[direct]]
+    summary.direct_rows = int(direct.sum())
+
+    if spec.children:
+        if hierarchy is None:
+            raise ValueError("levels with child copies need the hierarchy")
+        rows_by_label = pd.Series(np.arange(len(labels))).groupby(labels).indices
+        take, new_label = [], []
+        for child in spec.children:
+            idx = rows_by_label.get(child)
+            if idx is None or child not in hierarchy:
+                continue
+            for parent in hierarchy.ancestors(child):
+                if parent in level_mids:
+                    take.append(idx)
+                    new_label.append(np.full(len(idx), parent, dtype=object))
+                    summary.copies_by_parent[parent] = summary.copies_by_parent.get(parent, 0) + len(idx)
+        if take:
+            copies = boxes.iloc[np.concatenate(take)].copy()
+            copies["LabelName"] = np.concatenate(new_label)
+            parts.append(copies)
+            summary.copied_rows = len(copies)
+
+    if spec.negatives != "none":
+        image_ids = boxes["ImageID"].to_numpy(dtype=object)
+        if spec.negatives == "all_images":
+            candidates = pd.unique(image_ids)
+        else:
+            candidates = pd.unique(image_ids[boxes["LabelName"].isin(set(spec.negative_candidates)).to_numpy()])
+        kept = set(pd.unique(np.concatenate([p["ImageID"].to_numpy(dtype=object) for p in parts])))
+        kept.update(image_ids[boxes["LabelName"].isin(set(spec.not_negative)).to_numpy()])
+        negatives = [i for i in candidates if i not in kept]
+        summary.negative_images = len(negatives)
+        parts = [_confidence_as_float(p) for p in parts]
+        parts.append(negative_rows(negatives))
+
+    out = pd.concat(parts, axis=0, ignore_index=True) if len(parts) > 1 else parts[0]
+    if spec.thirteen_columns:
+        out = out.reindex(columns=list(BOX_COLUMNS), fill_value="")
+    return out, summary
+
+
+def _confidence_as_float(df: pd.DataFrame) -> pd.DataFrame:
+    # The original always appended its negatives frame, whose float Confidence made the column float
+    # ("1.0") even when it held no rows; keep that text whatever pandas does with empty frames.
+    if "Confidence" in df.columns and pd.api.types.is_integer_dtype(df["Confidence"]):
+        return df.astype({"Confidence": np.float64})
+    return df
+
+
+def annotation_file_name(subset: str, spec: LevelSpec) -> str:
+    """`{subset}-annotations-bbox-level-N.csv`, the original's name."""
+    return f"{subset}-annotations-bbox-level-{spec.number}.csv"
+
+
+def class_file_name(spec: LevelSpec) -> str:
+    """`class-descriptions-boxable-level-N.csv`, the original's name."""
+    return f"class-descriptions-boxable-level-{spec.number}.csv"
+
+
+def write_level_files(specs: list[LevelSpec], inputs: dict[str, dict[str, str]], output_dir: str,
+                      read: Callable[[str], pd.DataFrame], hierarchy: Hierarchy | None = None
+                      ) -> list[LevelSummary]:
+    """Write each level's class-description file and one annotation file per subset.
+
+    inputs: level key -> {subset: annotation CSV path}; each distinct path is read once with `read`.
+    Files go to `output_dir/level_K_files/`, each written under a temporary name and renamed when complete.
+    """
+    frames: dict[str, pd.DataFrame] = {}
+    summaries = []
+    for spec in tqdm(specs, desc="levels", unit="level", disable=len(specs) < 2):
+        folder = os.path.join(output_dir, spec.folder)
+        write_class_descriptions(os.path.join(folder, class_file_name(spec)), spec.classes)
+        for subset, path in inputs[spec.key].items():
+            if path not in frames:
+                log.info("reading %s", path)
+                frames[path] = read(path)
+            out, summary = build_level(frames[path], spec, hierarchy, source=path, subset=subset)
+            target = os.path.join(folder, annotation_file_name(subset, spec))
+            with atomic_path(target) as tmp:
+                out.to_csv(tmp, index=False)
+            log.info("%s -> %s", summary.line(), target)
+            summaries.append(summary)
+    return summaries

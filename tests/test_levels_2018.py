@@ -1,0 +1,53 @@
+"""Stage 1 (2018) against the recorded outputs of ZFTurbo's create_files_for_training_by_levels.py.
+
+Rule: class-description files exact text; annotation files header exact and rows as a multiset (the
+original's negative rows came out in Python set order). Inputs are laid out as the original read them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import assert_same_rows, fixture_path, gunzip_to, read_lines
+
+import create_files_for_training_by_levels as script
+
+EXPECTED_FOLDERS = ["level_1_files", "level_2_files", "level_3_files", "level_4_files", "level_5_files",
+                    "level_1_low_samples_files"]
+
+
+@pytest.fixture(scope="module")
+def level_outputs(tmp_path_factory):
+    inputs = fixture_path("seed_pipeline", "inputs")
+    root = tmp_path_factory.mktemp("z18")
+    dataset = root / "input"
+    for subset in ("train", "validation"):
+        src = inputs / f"z18_{subset}-annotations-bbox.csv.gz"
+        gunzip_to(src, dataset / "annotations" / f"{subset}-annotations-bbox.csv")
+        gunzip_to(src, dataset / f"challenge-2019-{subset}-detection-bbox.csv")
+    out = root / "output"
+    assert script.main(["--dataset-path", str(dataset), "--output-path", str(out), "--low-samples"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("folder", EXPECTED_FOLDERS)
+def test_level_files_match_original(level_outputs, folder):
+    expected = fixture_path("seed_pipeline", "expected", "zfturbo", "levels", folder)
+    names = sorted(p.name.removesuffix(".gz") for p in expected.iterdir())
+    assert sorted(p.name for p in (level_outputs / folder).iterdir()) == names
+    for name in names:
+        if name.startswith("class-descriptions"):
+            assert read_lines(level_outputs / folder / name) == read_lines(expected / name)
+        else:
+            assert_same_rows(expected / name, level_outputs / folder / name)
+
+
+def test_only_requested_levels_are_written(tmp_path):
+    inputs = fixture_path("seed_pipeline", "inputs")
+    train = gunzip_to(inputs / "z18_train-annotations-bbox.csv.gz", tmp_path / "train.csv")
+    out = tmp_path / "out"
+    assert script.main(["--levels", "3", "--train-csv", str(train), "--validation-csv", str(train),
+                        "--output-path", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["level_3_files"]
+    expected = fixture_path("seed_pipeline", "expected", "zfturbo", "levels", "level_3_files")
+    assert_same_rows(expected / "train-annotations-bbox-level-3.csv.gz",
+                     out / "level_3_files" / "train-annotations-bbox-level-3.csv")
