@@ -29,14 +29,16 @@ def read_csv_checked(path: str, required: tuple[str, ...], str_columns: tuple[st
                      **kwargs) -> pd.DataFrame:
     """pandas.read_csv with id columns kept as strings and parse errors named by file and line."""
     try:
-        df = pd.read_csv(path, dtype={c: str for c in str_columns}, keep_default_na=False,
-                         na_values={c: [""] for c in ("XMin", "XMax", "YMin", "YMax")}, **kwargs)
+        df = pd.read_csv(path, dtype={c: str for c in str_columns}, **kwargs)
     except pd.errors.EmptyDataError:
         raise OIDInputError("file is empty", path) from None
     except pd.errors.ParserError as exc:
         raise OIDInputError(f"malformed CSV: {str(exc).strip()}", path) from None
     except UnicodeDecodeError as exc:
         raise OIDInputError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
+    for c in str_columns:
+        if c in df.columns and df[c].hasnans:
+            df[c] = df[c].fillna("")  # an empty label is a negative image in level files, not a missing value
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise OIDInputError(f"missing column(s) {', '.join(missing)}; header is {','.join(map(str, df.columns))}",
@@ -60,8 +62,8 @@ def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
 
     allow_negatives: rows with an empty LabelName and empty coordinates (level files' negative images).
     """
-    labels = df["LabelName"].to_numpy(dtype=object)
-    empty_label = labels == ""
+    labels = df["LabelName"]
+    empty_label = (labels == "").to_numpy()
     negative = empty_label if allow_negatives else np.zeros(len(df), dtype=bool)
     coords = {}
     for c in COORD_COLUMNS:
@@ -89,10 +91,10 @@ def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
     if bad is not None:
         raise OIDInputError("empty LabelName", path, _row(bad))
     if classes is not None:
-        known = np.isin(labels, np.array(classes.mids, dtype=object)) | negative
+        known = labels.isin(set(classes.mids)).to_numpy() | negative
         bad = _first_bad(~known)
         if bad is not None:
-            raise OIDInputError(f"unknown MID {labels[bad]!r} (not in {classes.source})", path, _row(bad))
+            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path, _row(bad))
 
 
 def read_boxes(path: str, classes: ClassList | None = None, allow_negatives: bool = False,
@@ -110,14 +112,14 @@ def read_image_labels(path: str, classes: ClassList | None = None) -> pd.DataFra
     bad = _first_bad(~np.isin(conf, (0, 1)))
     if bad is not None:
         raise OIDInputError(f"Confidence must be 0 or 1, got {df['Confidence'].iloc[bad]!r}", path, _row(bad))
-    labels = df["LabelName"].to_numpy(dtype=object)
-    bad = _first_bad(labels == "")
+    labels = df["LabelName"]
+    bad = _first_bad((labels == "").to_numpy())
     if bad is not None:
         raise OIDInputError("empty LabelName", path, _row(bad))
     if classes is not None:
-        bad = _first_bad(~np.isin(labels, np.array(classes.mids, dtype=object)))
+        bad = _first_bad(~labels.isin(set(classes.mids)).to_numpy())
         if bad is not None:
-            raise OIDInputError(f"unknown MID {labels[bad]!r} (not in {classes.source})", path, _row(bad))
+            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path, _row(bad))
     return df
 
 

@@ -160,19 +160,49 @@ def level_2019_children() -> list[str]:
     return list(_load_json("levels_2019.json")["children"])
 
 
+@dataclass
+class LevelRows:
+    """One level file: its box rows (direct and copied) and its negative images."""
+
+    boxes: pd.DataFrame
+    negative_ids: list[str]
+    summary: LevelSummary
+    with_negatives: bool
+
+    def _negatives(self) -> pd.DataFrame:
+        return negative_rows(self.negative_ids).reindex(columns=self.boxes.columns)
+
+    def to_frame(self) -> pd.DataFrame:
+        """All rows as one frame, as the original's concat made it."""
+        if not self.with_negatives:
+            return self.boxes
+        return pd.concat([self.boxes, self._negatives()], axis=0, ignore_index=True)
+
+    def write_csv(self, path: str) -> None:
+        """Write the file (box rows, then negatives) under a temporary name, renamed when complete.
+
+        The negatives are appended as a second block instead of concatenated first, which would turn the
+        coordinate columns into slow object columns; the text is the same.
+        """
+        with atomic_path(path) as tmp:
+            self.boxes.to_csv(tmp, index=False)
+            if self.with_negatives and self.negative_ids:
+                self._negatives().to_csv(tmp, index=False, header=False, mode="a")
+
+
 def build_level(boxes: pd.DataFrame, spec: LevelSpec, hierarchy: Hierarchy | None = None,
-                source: str = "<boxes>", subset: str = "") -> tuple[pd.DataFrame, LevelSummary]:
+                source: str = "<boxes>", subset: str = "") -> LevelRows:
     """The rows of one level file made from one annotation frame (see the module docstring for the rules)."""
     summary = LevelSummary(spec.key, subset)
-    labels = boxes["LabelName"].to_numpy(dtype=object)
     if spec.group_of != "keep":
         if "IsGroupOf" not in boxes.columns:
             raise OIDInputError(f"level {spec.key} drops group-of boxes but there is no IsGroupOf column", source)
         not_group = (boxes["IsGroupOf"] == 0).to_numpy()
     if spec.group_of == "drop_all":
-        boxes, labels = boxes[not_group], labels[not_group]
+        boxes = boxes[not_group]
+    labels = boxes["LabelName"]
     level_mids = set(spec.mids)
-    direct = boxes["LabelName"].isin(level_mids).to_numpy()
+    direct = labels.isin(level_mids).to_numpy()
     if spec.group_of == "drop_direct":
         direct &= not_group
     parts = [boxes[direct]]
@@ -181,7 +211,7 @@ def build_level(boxes: pd.DataFrame, spec: LevelSpec, hierarchy: Hierarchy | Non
     if spec.children:
         if hierarchy is None:
             raise ValueError("levels with child copies need the hierarchy")
-        rows_by_label = pd.Series(np.arange(len(labels))).groupby(labels).indices
+        rows_by_label = pd.Series(np.arange(len(labels))).groupby(labels.to_numpy()).indices
         take, new_label = [], []
         for child in spec.children:
             idx = rows_by_label.get(child)
@@ -198,23 +228,25 @@ def build_level(boxes: pd.DataFrame, spec: LevelSpec, hierarchy: Hierarchy | Non
             parts.append(copies)
             summary.copied_rows = len(copies)
 
-    if spec.negatives != "none":
+    out = pd.concat(parts, axis=0, ignore_index=True) if len(parts) > 1 else parts[0]
+    negatives: list[str] = []
+    with_negatives = spec.negatives != "none"
+    if with_negatives:
         image_ids = boxes["ImageID"].to_numpy(dtype=object)
         if spec.negatives == "all_images":
             candidates = pd.unique(image_ids)
         else:
-            candidates = pd.unique(image_ids[boxes["LabelName"].isin(set(spec.negative_candidates)).to_numpy()])
-        kept = set(pd.unique(np.concatenate([p["ImageID"].to_numpy(dtype=object) for p in parts])))
-        kept.update(image_ids[boxes["LabelName"].isin(set(spec.not_negative)).to_numpy()])
+            candidates = pd.unique(image_ids[labels.isin(set(spec.negative_candidates)).to_numpy()])
+        kept = set(out["ImageID"].unique())
+        kept.update(image_ids[labels.isin(set(spec.not_negative)).to_numpy()])
         negatives = [i for i in candidates if i not in kept]
         summary.negative_images = len(negatives)
-        parts = [_confidence_as_float(p) for p in parts]
-        parts.append(negative_rows(negatives))
-
-    out = pd.concat(parts, axis=0, ignore_index=True) if len(parts) > 1 else parts[0]
+        out = _confidence_as_float(out)
+        # the original's concat with its negatives frame appended the columns the input lacked
+        out = out.reindex(columns=list(out.columns) + [c for c in BOX_COLUMNS if c not in out.columns])
     if spec.thirteen_columns:
         out = out.reindex(columns=list(BOX_COLUMNS), fill_value="")
-    return out, summary
+    return LevelRows(out, negatives, summary, with_negatives)
 
 
 def _confidence_as_float(df: pd.DataFrame) -> pd.DataFrame:
@@ -252,10 +284,9 @@ def write_level_files(specs: list[LevelSpec], inputs: dict[str, dict[str, str]],
             if path not in frames:
                 log.info("reading %s", path)
                 frames[path] = read(path)
-            out, summary = build_level(frames[path], spec, hierarchy, source=path, subset=subset)
+            rows = build_level(frames[path], spec, hierarchy, source=path, subset=subset)
             target = os.path.join(folder, annotation_file_name(subset, spec))
-            with atomic_path(target) as tmp:
-                out.to_csv(tmp, index=False)
-            log.info("%s -> %s", summary.line(), target)
-            summaries.append(summary)
+            rows.write_csv(target)
+            log.info("%s -> %s", rows.summary.line(), target)
+            summaries.append(rows.summary)
     return summaries
