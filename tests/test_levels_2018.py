@@ -51,3 +51,33 @@ def test_only_requested_levels_are_written(tmp_path):
     expected = fixture_path("seed_pipeline", "expected", "zfturbo", "levels", "level_3_files")
     assert_same_rows(expected / "train-annotations-bbox-level-3.csv.gz",
                      out / "level_3_files" / "train-annotations-bbox-level-3.csv")
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "train.csv"
+    bad.write_text("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,"
+                   "IsDepiction,IsInside\n0a,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,0,0,0\n"
+                   "0b,xclick,/m/notaclass,1,0.1,0.5,0.2,0.6,0,0,0,0,0\n")
+    out = tmp_path / "out"
+    rc = script.main(["--levels", "2", "--train-csv", str(bad), "--validation-csv", str(bad),
+                      "--output-path", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == (f"error: {bad}, row 3: unknown MID '/m/notaclass' (not in "
+                                            f"{script.C.CLASS_DESCRIPTIONS_CSV})")
+    assert "Traceback" not in err
+    assert not list(out.glob("**/*.csv"))
+
+
+def test_missing_input_file(tmp_path, capsys):
+    rc = script.main(["--dataset-path", str(tmp_path), "--output-path", str(tmp_path / "out"), "--levels", "2"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "No such file or directory" in err and "annotations" in err and "Traceback" not in err
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--help"])
+    assert exc.value.code == 0
+    assert "--low-samples" in capsys.readouterr().out

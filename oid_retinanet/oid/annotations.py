@@ -81,12 +81,13 @@ def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
         with np.errstate(invalid="ignore"):
             bad = _first_bad((coords[c] < 0) | (coords[c] > 1))
         if bad is not None:
-            raise OIDInputError(f"{c} = {coords[c][bad]!r} is outside [0, 1]", path, _row(bad))
+            raise OIDInputError(f"{c} = {float(coords[c][bad])} is outside [0, 1]", path, _row(bad))
     for lo, hi in (("XMin", "XMax"), ("YMin", "YMax")):
         with np.errstate(invalid="ignore"):
             bad = _first_bad(coords[lo] > coords[hi])
         if bad is not None:
-            raise OIDInputError(f"{lo} = {coords[lo][bad]!r} > {hi} = {coords[hi][bad]!r}", path, _row(bad))
+            raise OIDInputError(f"{lo} = {float(coords[lo][bad])} > {hi} = {float(coords[hi][bad])}", path,
+                                  _row(bad))
     bad = _first_bad(empty_label & ~negative)
     if bad is not None:
         raise OIDInputError("empty LabelName", path, _row(bad))
@@ -111,7 +112,7 @@ def read_image_labels(path: str, classes: ClassList | None = None) -> pd.DataFra
     conf = pd.to_numeric(df["Confidence"], errors="coerce").to_numpy()
     bad = _first_bad(~np.isin(conf, (0, 1)))
     if bad is not None:
-        raise OIDInputError(f"Confidence must be 0 or 1, got {df['Confidence'].iloc[bad]!r}", path, _row(bad))
+        raise OIDInputError(f"Confidence must be 0 or 1, got {df['Confidence'].iloc[bad]}", path, _row(bad))
     labels = df["LabelName"]
     bad = _first_bad((labels == "").to_numpy())
     if bad is not None:

@@ -31,10 +31,11 @@ class Hierarchy:
         self._walk(tree)
 
     def _walk(self, tree: dict) -> None:
-        stack = [tree]
+        stack = [tree]  # depth-first in file order, so parents and MIDs keep the order they are met in
         while stack:
             node = stack.pop()
             mid = node["LabelName"]
+            found = []
             for kind in self.edges:
                 for child in node.get(kind, ()):
                     if not isinstance(child, dict) or "LabelName" not in child:
@@ -46,7 +47,8 @@ class Hierarchy:
                         parents.append(mid)
                     if cmid not in self._children[mid]:
                         self._children[mid].append(cmid)
-                    stack.append(child)
+                    found.append(child)
+            stack.extend(reversed(found))
 
     @classmethod
     def from_json(cls, path: str, edges: Iterable[str] = DEFAULT_EDGES) -> Hierarchy:

@@ -278,13 +278,15 @@ def write_level_files(specs: list[LevelSpec], inputs: dict[str, dict[str, str]],
     frames: dict[str, pd.DataFrame] = {}
     summaries = []
     for spec in tqdm(specs, desc="levels", unit="level", disable=len(specs) < 2):
-        folder = os.path.join(output_dir, spec.folder)
-        write_class_descriptions(os.path.join(folder, class_file_name(spec)), spec.classes)
-        for subset, path in inputs[spec.key].items():
+        built = {}
+        for subset, path in inputs[spec.key].items():  # read and check everything before writing anything
             if path not in frames:
                 log.info("reading %s", path)
                 frames[path] = read(path)
-            rows = build_level(frames[path], spec, hierarchy, source=path, subset=subset)
+            built[subset] = build_level(frames[path], spec, hierarchy, source=path, subset=subset)
+        folder = os.path.join(output_dir, spec.folder)
+        write_class_descriptions(os.path.join(folder, class_file_name(spec)), spec.classes)
+        for subset, rows in built.items():
             target = os.path.join(folder, annotation_file_name(subset, spec))
             rows.write_csv(target)
             log.info("%s -> %s", rows.summary.line(), target)
