@@ -190,3 +190,15 @@ def test_prediction_header_checked(tmp_path):
     path = write(tmp_path, "preds.csv", "ImageID,LabelName\na,b\n")
     with pytest.raises(OIDInputError, match="preds.csv, row 1: expected header ImageId,PredictionString"):
         list(iter_predictions(path))
+
+
+def test_500_class_challenge_tree():
+    """A 500-class challenge tree (the fixture's 2019 stand-in: the v4 tree pruned to the 500 list)."""
+    from conftest import fixture_path
+
+    meta = fixture_path("seed_pipeline", "inputs", "g19_standin_metadata")
+    h = Hierarchy.from_json(str(meta / "challenge-2019-label500-hierarchy.json"))
+    c500 = read_class_descriptions(str(meta / "challenge-2019-classes-description-500.csv"))
+    assert set(h.mids) == set(c500.mids)
+    # Mammal is not in the 500 list, so Cat's parent chain skips it
+    assert [c500.name(m) for m in h.ancestors(c500.mid("Cat"))] == ["Carnivore", "Animal"]
