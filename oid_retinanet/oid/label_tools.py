@@ -103,8 +103,10 @@ def require_files(paths: Iterable[str]) -> None:
 def image_folder_listing(folder: str) -> list[str]:
     """Every entry of `folder` (files of any type and sub-folders, as os.listdir gives them), sorted, with a
     '.jpg' suffix removed: the names the exists split works on."""
-    names = sorted(os.listdir(folder))
-    folders = sum(os.path.isdir(os.path.join(folder, n)) for n in names)
+    with os.scandir(folder) as it:  # scandir: no stat per entry on a folder of a million images
+        entries = [(e.name, e.is_dir()) for e in it]
+    names = sorted(n for n, _ in entries)
+    folders = sum(is_dir for _, is_dir in entries)
     if folders:
         log.warning("%s holds %d sub-folder(s); they count in the listing as the original's did, their images "
                     "do not (flatten them with labelProcess/resize_move_images.py)", folder, folders)
