@@ -32,12 +32,11 @@ from oid_retinanet.oid.label_tools import (
     LEAF_BANDS,
     PARENT_BANDS,
     band_summary,
-    level_class_file,
-    level_folder,
     require_files,
     write_distribution,
     write_ranking,
 )
+from oid_retinanet.oid.levels import level_class_file, level_folder
 
 log = logging.getLogger("analyse_class_distribution")
 ALL_LEVELS = ["1", "2", "3", "4", "5", "6", "7"]

@@ -14,63 +14,20 @@ resumes from {subset}_image_params.csv.partial when run again. Rows are sorted b
 
 from __future__ import annotations
 
-import argparse
-import os
-from pathlib import Path
-
 try:
     from labelProcess import _bootstrap  # noqa: F401
 except ImportError:
     import _bootstrap  # noqa: F401
 
-import a00_utils_and_constants as C
-from oid_retinanet.cli import script_main, setup_logging
-from oid_retinanet.data.image_params import (
-    DEFAULT_EXTENSIONS,
-    SUBSET_FOLDERS,
-    scan_images,
-    scan_subsets,
-    subset_folders,
-)
+from oid_retinanet.cli import script_main
+from retinanet_training_level_1.find_image_parameters import build_parser, run
 
 DEFAULT_SUBSETS = ["validation", "train", "test"]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--subsets", nargs="+", choices=list(SUBSET_FOLDERS["2019"]), default=DEFAULT_SUBSETS,
-                   help="subsets to scan, in this order (default: %(default)s)")
-    p.add_argument("--images", metavar="DIR", help="scan this folder instead of the subsets' folders")
-    p.add_argument("--subset", help="output name for --images: {subset}_image_params.csv (default: DIR's name)")
-    p.add_argument("--dataset-path", default=C.DATASET_PATH,
-                   help="folder with train/, validation/, test/ (default: %(default)s)")
-    p.add_argument("--input-path", default=C.INPUT_PATH, help="folder holding test/ for kaggle_test "
-                                                              "(default: %(default)s)")
-    p.add_argument("--output-path", default=C.OUTPUT_PATH, help="where the CSVs go (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=os.cpu_count(),
-                   help="processes reading images; 1 reads in this process (default: %(default)s)")
-    p.add_argument("--extensions", nargs="+", default=list(DEFAULT_EXTENSIONS),
-                   help="file extensions to scan, case-sensitive; the id is the name without it "
-                        "(default: %(default)s; e.g. jpg jpeg png)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
-
-
 @script_main
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    if args.images:
-        subset = args.subset or Path(os.path.abspath(args.images)).name
-        summaries = [scan_images(args.images, Path(args.output_path) / f"{subset}_image_params.csv", subset,
-                                 args.workers, args.extensions)]
-    else:
-        folders = subset_folders("2019", args.dataset_path, args.input_path)
-        summaries = scan_subsets({s: folders[s] for s in args.subsets}, args.output_path, args.workers,
-                                 args.extensions)
-    for s in summaries:
-        print(s.line())
-    return 0
+    return run(build_parser(__doc__, "2019", DEFAULT_SUBSETS).parse_args(argv), "2019")
 
 
 if __name__ == "__main__":

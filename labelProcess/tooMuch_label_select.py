@@ -22,6 +22,7 @@ except ImportError:
 
 import a00_utils_and_constants as C
 from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.files import write_csv
 from oid_retinanet.oid.annotations import read_boxes
 from oid_retinanet.oid.classes import read_class_descriptions
 from oid_retinanet.oid.label_tools import (
@@ -29,12 +30,10 @@ from oid_retinanet.oid.label_tools import (
     TOO_MUCH_LABELS,
     check_mids,
     label_count_table,
-    level_class_file,
-    level_file,
     require_files,
     select_too_much,
-    write_csv,
 )
+from oid_retinanet.oid.levels import level_class_file, level_file
 
 log = logging.getLogger("tooMuch_label_select")
 

@@ -29,3 +29,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically (UTF-8, '\\n' line ends)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="\n")
+
+
+def write_csv(df, path: str | os.PathLike) -> None:
+    """DataFrame.to_csv(index=False) under a temporary name, renamed when complete."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_path, write_csv
 from oid_retinanet.oid.annotations import BOX_COLUMNS, IMAGE_LABEL_COLUMNS
 
 CLASSES = {  # MID -> display name, as in class-descriptions-boxable.csv
@@ -133,11 +133,6 @@ def _row(image_id: str, mid: str, x1: int, x2: int, y1: int, y2: int, w: int, h:
             "IsInside": 0}
 
 
-def _write_csv(df: pd.DataFrame, path: str) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
 def make_dataset(root: str, spec: DatasetSpec = DatasetSpec()) -> dict[str, int]:
     """Write the dataset under `root` (see the module docstring); returns the number of images per subset."""
     rng = np.random.default_rng(spec.seed)
@@ -163,8 +158,8 @@ def make_dataset(root: str, spec: DatasetSpec = DatasetSpec()) -> dict[str, int]
         if subset == "test":
             continue
         df = pd.DataFrame(boxes, columns=list(BOX_COLUMNS))
-        _write_csv(df, os.path.join(root, "annotations", f"{subset}-annotations-bbox.csv"))
-        _write_csv(df, os.path.join(root, f"challenge-2019-{subset}-detection-bbox.csv"))
-        _write_csv(pd.DataFrame(labels, columns=list(IMAGE_LABEL_COLUMNS)),
+        write_csv(df, os.path.join(root, "annotations", f"{subset}-annotations-bbox.csv"))
+        write_csv(df, os.path.join(root, f"challenge-2019-{subset}-detection-bbox.csv"))
+        write_csv(pd.DataFrame(labels, columns=list(IMAGE_LABEL_COLUMNS)),
                    os.path.join(root, "annotations", f"{subset}-annotations-human-imagelabels-boxable.csv"))
     return counts

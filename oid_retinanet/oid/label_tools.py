@@ -41,10 +41,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_path, write_csv
 from oid_retinanet.oid.annotations import read_boxes
 from oid_retinanet.oid.classes import MID_PATTERN, ClassList
 from oid_retinanet.oid.hierarchy import Hierarchy
+from oid_retinanet.oid.levels import level_file
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +68,6 @@ DISTRIBUTION_COLUMNS = ("mid", "name", "boxes", "images", "group_of_boxes")
 # ----------------------------------------------------------------------------------------------------------
 # Level files
 # ----------------------------------------------------------------------------------------------------------
-
-def level_folder(output_dir: str, level: str) -> str:
-    """`output_dir/level_K_files`."""
-    return os.path.join(output_dir, f"level_{level}_files")
-
-
-def level_file(output_dir: str, level: str, kind: str) -> str:
-    """`output_dir/level_K_files/{kind}-annotations-bbox-level-K.csv`; kind e.g. 'train', 'train-exists'."""
-    return os.path.join(level_folder(output_dir, level), f"{kind}-annotations-bbox-level-{level}.csv")
-
-
-def level_class_file(output_dir: str, level: str) -> str:
-    """`output_dir/level_K_files/class-descriptions-boxable-level-K.csv`."""
-    return os.path.join(level_folder(output_dir, level), f"class-descriptions-boxable-level-{level}.csv")
-
-
-def write_csv(df: pd.DataFrame, path: str) -> None:
-    """DataFrame.to_csv(index=False) to a temporary name, renamed when complete."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
 
 def require_files(paths: Iterable[str]) -> None:
     """Raise FileNotFoundError for the first path that is not a file, before any work starts."""

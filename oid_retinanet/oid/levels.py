@@ -58,10 +58,6 @@ class LevelSpec:
         return [m for m, _ in self.classes]
 
     @property
-    def folder(self) -> str:
-        return f"level_{self.key}_files"
-
-    @property
     def number(self) -> str:
         return self.key.split("_")[0]
 
@@ -257,14 +253,20 @@ def _confidence_as_float(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def annotation_file_name(subset: str, spec: LevelSpec) -> str:
-    """`{subset}-annotations-bbox-level-N.csv`, the original's name."""
-    return f"{subset}-annotations-bbox-level-{spec.number}.csv"
+def level_folder(output_dir: str, key: str) -> str:
+    """`output_dir/level_KEY_files/`, KEY a level ("1".."7") or "1_low_samples"."""
+    return os.path.join(output_dir, f"level_{key}_files")
 
 
-def class_file_name(spec: LevelSpec) -> str:
-    """`class-descriptions-boxable-level-N.csv`, the original's name."""
-    return f"class-descriptions-boxable-level-{spec.number}.csv"
+def level_file(output_dir: str, key: str, kind: str) -> str:
+    """`level_KEY_files/{kind}-annotations-bbox-level-N.csv`, the original's names; kind e.g. 'train',
+    'validation', 'train-exists'; N the level number ("1" for "1_low_samples")."""
+    return os.path.join(level_folder(output_dir, key), f"{kind}-annotations-bbox-level-{key.split('_')[0]}.csv")
+
+
+def level_class_file(output_dir: str, key: str) -> str:
+    """`level_KEY_files/class-descriptions-boxable-level-N.csv`, the original's name."""
+    return os.path.join(level_folder(output_dir, key), f"class-descriptions-boxable-level-{key.split('_')[0]}.csv")
 
 
 def write_level_files(specs: list[LevelSpec], inputs: dict[str, dict[str, str]], output_dir: str,
@@ -273,7 +275,7 @@ def write_level_files(specs: list[LevelSpec], inputs: dict[str, dict[str, str]],
     """Write each level's class-description file and one annotation file per subset.
 
     inputs: level key -> {subset: annotation CSV path}; each distinct path is read once with `read`.
-    Files go to `output_dir/level_K_files/`, each written under a temporary name and renamed when complete.
+    Files go to `output_dir/level_KEY_files/`, each written under a temporary name and renamed when complete.
     """
     frames: dict[str, pd.DataFrame] = {}
     summaries = []
@@ -284,10 +286,9 @@ def write_level_files(specs: list[LevelSpec], inputs: dict[str, dict[str, str]],
                 log.info("reading %s", path)
                 frames[path] = read(path)
             built[subset] = build_level(frames[path], spec, hierarchy, source=path, subset=subset)
-        folder = os.path.join(output_dir, spec.folder)
-        write_class_descriptions(os.path.join(folder, class_file_name(spec)), spec.classes)
+        write_class_descriptions(level_class_file(output_dir, spec.key), spec.classes)
         for subset, rows in built.items():
-            target = os.path.join(folder, annotation_file_name(subset, spec))
+            target = level_file(output_dir, spec.key, subset)
             rows.write_csv(target)
             log.info("%s -> %s", rows.summary.line(), target)
             summaries.append(rows.summary)
