@@ -73,3 +73,28 @@ def test_shipped_mids_keep_mouse_and_computer_mouse_apart(train_csv, tmp_path):
     mids = set(level3.values())
     expected = [r for r in source[1:] if r.split(",")[li] in mids and r.split(",")[gi] == "0"]
     assert len(rows) - 1 == len(expected) > 0
+
+
+def test_frequency_bands_hand_worked(tmp_path):
+    """--bands ranks the hierarchy's leaves by non-group-of box count (ties by MID) and cuts at the bounds."""
+    classes = tmp_path / "classes.csv"
+    classes.write_text("/m/a,A\n/m/b,B\n/m/c,C\n/m/d,D\n/m/p,P\n")
+    hierarchy = tmp_path / "h.json"
+    hierarchy.write_text('{"LabelName": "/m/root", "Subcategory": [{"LabelName": "/m/p", "Subcategory": ['
+                         '{"LabelName": "/m/a"}, {"LabelName": "/m/b"}]}, {"LabelName": "/m/c"}, '
+                         '{"LabelName": "/m/d"}]}')
+    header = ("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,"
+              "IsDepiction,IsInside\n")
+    counts = {"/m/a": 1, "/m/b": 3, "/m/c": 3, "/m/p": 9}  # /m/d has no boxes; /m/p is a parent
+    rows = [f"i{k}{n},xclick,{mid},1,0.1,0.2,0.1,0.2,0,0,0,0,0\n" for k, (mid, c) in enumerate(counts.items())
+            for n in range(c)]
+    rows.append("g0,xclick,/m/a,1,0.1,0.2,0.1,0.2,0,0,1,0,0\n" * 5)  # group-of boxes do not count
+    train = tmp_path / "train.csv"
+    train.write_text(header + "".join(rows))
+    out = tmp_path / "out"
+    assert script.main(["--train-csv", str(train), "--output-path", str(out), "--bands", "1", "3",
+                        "--class-descriptions", str(classes), "--hierarchy", str(hierarchy)]) == 0
+    bands = [read_lines(out / f"level_{k}_files" / f"class-descriptions-boxable-level-{k}.csv") for k in (1, 2, 3)]
+    assert bands == [["/m/b,B"], ["/m/c,C", "/m/a,A"], ["/m/d,D"]]
+    level2 = read_lines(out / "level_2_files" / "train-annotations-bbox-level-2.csv")
+    assert len(level2) == 1 + 3 + 1  # header, C's three boxes, A's one non-group-of box
