@@ -1,0 +1,1 @@
+"""Box arithmetic in numpy (no Keras): IoU, NMS, weighted merging, weighted boxes fusion."""
