@@ -86,12 +86,12 @@ def _load_json(name: str) -> dict:
 def levels_2018(classes: ClassList) -> dict[str, LevelSpec]:
     """The 2018 level specs, names resolved through the v4 class list `classes` (unique names)."""
     data = _load_json("levels_2018.json")
-    lv = {k: [classes.mid(n) for n in names] for k, names in data["levels"].items()}
     named = {k: tuple((classes.mid(n), n) for n in names) for k, names in data["levels"].items()}
+    lv = {k: [m for m, _ in pairs] for k, pairs in named.items()}
     extra = {k: [classes.mid(n) for n in names] for k, names in data["extra_children"].items()}
     negative_classes = [classes.mid(n) for n in data["negative_sample_classes"]]
-    low_names = data["level_1_low_samples"]
-    low = [classes.mid(n) for n in low_names]
+    low_named = tuple((classes.mid(n), n) for n in data["level_1_low_samples"])
+    low = {m for m, _ in low_named}
 
     def higher(k: int) -> tuple[str, ...]:
         return tuple(m for j in range(k + 1, 6) for m in lv[str(j)])
@@ -104,10 +104,9 @@ def levels_2018(classes: ClassList) -> dict[str, LevelSpec]:
                        negative_candidates=tuple(negative_classes), not_negative=higher(1),
                        thirteen_columns=True),
         "1_low_samples": LevelSpec(
-            "1_low_samples", tuple((classes.mid(n), n) for n in low_names), group_of="drop_all",
-            negatives="candidate_images", not_negative=higher(1),
+            "1_low_samples", low_named, group_of="drop_all", negatives="candidate_images", not_negative=higher(1),
             # the level-1 classes left out of this variant mark candidate negatives too, as in the original
-            negative_candidates=tuple(negative_classes + [m for m in lv["1"] if m not in set(low)])),
+            negative_candidates=tuple(negative_classes + [m for m in lv["1"] if m not in low])),
     }
     for k in (2, 3, 4, 5):
         specs[str(k)] = LevelSpec(str(k), named[str(k)], group_of="drop_direct" if k == 2 else "keep",
