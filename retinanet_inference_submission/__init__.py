@@ -1,0 +1,1 @@
+"""gujingxiao's 2019 submission tools, under their original names."""
