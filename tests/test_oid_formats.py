@@ -163,7 +163,7 @@ def test_image_labels(tmp_path):
 
 def test_predictions_parse_and_format_round_trip(tmp_path):
     string = "/m/01g317 0.912345 0.1000 0.2000 0.3000 0.4000 /m/0cmf2 0.050000 0.0000 0.0000 1.0000 1.0000 "
-    path = write(tmp_path, "p.csv", f"ImageId,PredictionString\n0123,{string}\nabc,\n")
+    path = write(tmp_path, "p.csv", f"ImageId,PredictionString\n0123,{string}\n\nabc,\n")
     first, second = list(iter_predictions(path))
     assert first.image_id == "0123" and second.image_id == "abc" and len(second.mids) == 0
     np.testing.assert_array_equal(first.boxes, [[0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1]])  # x1 y1 x2 y2

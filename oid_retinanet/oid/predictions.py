@@ -101,8 +101,8 @@ def iter_prediction_rows(path: str) -> Iterator[tuple[int, str, str]]:
         if tuple(h.strip() for h in header) != HEADER:
             raise OIDInputError(f"expected header {','.join(HEADER)}, got {','.join(header)}", path, 1)
         for line, row in enumerate(reader, start=2):
-            if len(row) == 1 and row[0] == "":
-                continue
+            if not row or (len(row) == 1 and row[0] == ""):
+                continue  # blank line, skipped as pandas skips it
             if len(row) == 1:
                 row = [row[0], ""]
             if len(row) != 2:
