@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine_info, write_result  # noqa: E402
+from bench.common import machine_info, peak_rss_mb, write_result  # noqa: E402
 
 
 def make_annotations(path: Path, n_rows: int, seed: int = 0) -> None:
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         kind, src, out, *rest = args.phase
         result = phase_ours(Path(src), Path(out)) if kind == "ours" else phase_baseline(Path(src), Path(out),
                                                                                          int(rest[0]))
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return 0
 

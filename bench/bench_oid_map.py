@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import machine_info, write_result  # noqa: E402
+from bench.common import machine_info, peak_rss_mb, write_result  # noqa: E402
 
 FIXTURE = Path(os.environ.get("OID_SHARED", REPO.parent / "shared")) / "fixtures" / "oid_eval"
 
@@ -176,18 +175,6 @@ def evaluate_staged(boxes: str, labels: str, predictions: str, classes: str, hie
     t.update(evaluator.timings)
     return {"stages_s": t, "total_s": sum(t.values()), "mAP": result.mean_ap, "counts": result.counts,
             "gt": result.gt_stats, "classes_scored": result.num_scored}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process image: VmHWM (ru_maxrss would also count the parent's memory at
-    fork time, which Linux carries over exec)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def phase(kind: str, *args: str) -> dict:

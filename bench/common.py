@@ -34,3 +34,13 @@ def write_result(out_dir: str, name: str, result: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return path
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM), in MB. Unlike ru_maxrss it is not inherited from the
+    parent across fork and exec, so a child process measures only itself."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
