@@ -56,8 +56,23 @@ def _oid_map(r: dict) -> list[str]:
     return rows
 
 
+def _ensemble(r: dict) -> list[str]:
+    rows = []
+    for kind, baseline in (("avg", "per-box Python port of the original merge"),
+                           ("wbf", "ensemble-boxes weighted_boxes_fusion")):
+        k = r[kind]
+        if "skipped" in k:
+            rows.append(f"| Stage 6 ensemble `{kind}` | skipped: {k['skipped']} | | |")
+            continue
+        rows.append(f"| Stage 6 ensemble `{kind}` ({r['images']:,} images x {r['models']} models) "
+                    f"| {k['ours_seconds']:.1f} s ({k['ours_workers']} workers) | {baseline}: "
+                    f"{k['baseline_seconds_scaled']:.0f} s (scaled from {r['baseline_images']} images) "
+                    f"| **{k['speedup']:.1f}x** faster, {k['speedup_one_worker']:.1f}x on one worker (target >= 20x) |")
+    return rows
+
+
 ROWS = {"bench_levels": _levels, "bench_image_params": _image_params, "bench_expand": _expand,
-        "bench_oid_map": _oid_map}
+        "bench_oid_map": _oid_map, "bench_ensemble": _ensemble}
 
 
 def _rows(name: str, result: dict) -> list[str]:
