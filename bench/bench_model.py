@@ -1,0 +1,224 @@
+"""Benchmark: RetinaNet ResNet50 inference on CPU at 768x1024, batch 1 and the flip-TTA batch of 2.
+
+Two models, both with keras-retinanet's default filtering (class-specific NMS 0.5, score > 0.05, 300 boxes):
+- the fixture's 7-class keras-retinanet model (../shared/fixtures/keras_retinanet, materialized into a
+  temporary folder), on its image img_a_480x640 resized to 768x1024: the same model, input size and call
+  as the keras-retinanet timing recorded in the fixture README (ratio = its median CPU seconds / ours);
+- a 443-class model (the 2018 level-1 class count) with weights drawn by the fixture's weight rule (so about
+  as many scores pass 0.05 as in the fixture), the configuration the project runs. keras-retinanet has no
+  recorded time for it: the numbers stand alone, with the achieved GFLOP/s against the backend's float32
+  matmul rate measured in the same run.
+
+CPU seconds are the process's (all threads), as in the fixture README; wall seconds are printed too but are
+noisy on a shared machine. Times are medians over --repeats calls after --warmup calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from bench.common import machine_info, write_result  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = Path(os.environ.get("OID_SHARED", REPO.parent / "shared")) / "fixtures" / "keras_retinanet"
+HEIGHT, WIDTH = 768, 1024
+NUM_CLASSES = 443
+
+
+def _materialize_module():
+    spec = importlib.util.spec_from_file_location("kr_materialize", FIXTURE / "materialize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def conv_gflop(model, height: int, width: int) -> float:
+    """Multiply-adds of every convolution for one (height, width) image, times 2, in GFLOP."""
+    import keras
+
+    from oid_retinanet.model.anchors import feature_shapes
+
+    def conv_macs(layer, out_h: int, out_w: int) -> int:
+        kh, kw = layer.kernel_size
+        return out_h * out_w * kh * kw * layer.kernel.shape[-2] * layer.filters
+
+    fixed = keras.Model(model.input, [layer.output for layer in model.layers
+                                      if isinstance(layer, keras.layers.Conv2D)])
+    shapes = fixed.compute_output_shape((1, height, width, 3))
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    macs = sum(conv_macs(layer, s[1], s[2]) for layer, s in zip(convs, shapes))
+    levels = feature_shapes((height, width))
+    for sub in (layer for layer in model.layers if isinstance(layer, keras.Model)):
+        per_pixel = sum(conv_macs(layer, 1, 1) for layer in sub.layers if isinstance(layer, keras.layers.Conv2D))
+        macs += per_pixel * sum(h * w for h, w in levels)
+    return 2 * macs / 1e9
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
+    """float32 matmul throughput of the Keras backend on this machine (all cores): a practical peak."""
+    import keras
+
+    a = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    keras.ops.convert_to_numpy(keras.ops.matmul(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        keras.ops.convert_to_numpy(keras.ops.matmul(a, a))
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def time_calls(fn, warmup: int, repeats: int) -> dict:
+    """Median wall and process CPU seconds of fn() over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {"wall_s": float(np.median(wall)), "cpu_s": float(np.median(cpu)), "wall_all": wall, "cpu_all": cpu}
+
+
+def bench_model(model, x: np.ndarray, warmup: int, repeats: int) -> dict:
+    """Batch 1 and flip batch 2 (the image and its mirror), as the inference script calls the model."""
+    single = x[None]
+    flip = np.stack([x, x[:, ::-1]])
+    out = {"batch1": time_calls(lambda: model.predict_on_batch(single), warmup, repeats),
+           "flip_batch2": time_calls(lambda: model.predict_on_batch(flip), warmup, repeats)}
+    boxes, scores, labels = model.predict_on_batch(single)
+    out["detections"] = int((np.asarray(scores) > -1).sum())
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", default=str(REPO / "bench_output"))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--size", type=int, nargs=2, default=[HEIGHT, WIDTH], metavar=("H", "W"))
+    args = p.parse_args(argv)
+    if not FIXTURE.exists():
+        print(f"fixture {FIXTURE} not found: this benchmark needs ../shared/fixtures/keras_retinanet",
+              file=sys.stderr)
+        return 2
+
+    import json
+
+    import keras
+
+    from oid_retinanet.data.preprocess import preprocess_image, read_image_bgr
+    from oid_retinanet.model.h5 import load_keras_retinanet
+    from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
+
+    height, width = args.size
+    reference = json.loads((FIXTURE / "timing_resnet50.json").read_text())
+    ref_key = f"{height}x{width}"
+    ref_cpu = (float(np.median([b["median_cpu_s"] for b in reference[ref_key]["blocks"]]))
+               if ref_key in reference else None)
+    ref_wall = (float(np.median([b["median_wall_s"] for b in reference[ref_key]["blocks"]]))
+                if ref_key in reference else None)
+
+    import cv2
+
+    image = preprocess_image(read_image_bgr(FIXTURE / "images" / "img_a_480x640.png"))
+    x = cv2.resize(image, (width, height))  # exactly HxW (768x1024 is also what resize_image gives it)
+    materialize = _materialize_module()
+    layout = materialize.load_layout(str(FIXTURE / "layout.json.gz"))
+    result = {"machine": machine_info(), "input": [height, width], "backend": keras.backend.backend(),
+              "matmul_gflops": matmul_gflops()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "inference.h5"
+        materialize.materialize(layout, "inference", str(path))
+        model7 = load_keras_retinanet(path)
+    print(f"7-class fixture model at {height}x{width} ...", flush=True)
+    r7 = bench_model(model7, x, args.warmup, args.repeats)
+    r7["gflop_per_image"] = conv_gflop(model7, height, width)
+    r7["keras_retinanet_cpu_s"] = ref_cpu
+    r7["keras_retinanet_wall_s"] = ref_wall
+    if ref_cpu:
+        r7["speedup_cpu_vs_keras_retinanet"] = ref_cpu / r7["batch1"]["cpu_s"]
+    result["resnet50_7_classes"] = r7
+    del model7
+
+    model = retinanet(NUM_CLASSES)
+    rule = layout["weight_rule"]
+    for layer in model.layers:
+        inner = layer.layers if isinstance(layer, keras.Model) else [layer]
+        for sub in inner:
+            for v in sub.weights:
+                v.assign(materialize.weight_value(layout["seed"], f"{sub.name}/{v.name}:0", v.shape, rule))
+    inference = retinanet_bbox(model)
+    print(f"{NUM_CLASSES}-class model at {height}x{width} ...", flush=True)
+    r443 = bench_model(inference, x, args.warmup, args.repeats)
+    r443["gflop_per_image"] = conv_gflop(inference, height, width)
+    for key in ("batch1", "flip_batch2"):
+        n = 1 if key == "batch1" else 2
+        r = r443[key]
+        r["images_per_s_wall"] = n / r["wall_s"]
+        r["images_per_cpu_s"] = n / r["cpu_s"]
+        r["achieved_gflops_wall"] = n * r443["gflop_per_image"] / r["wall_s"]
+    result[f"resnet50_{NUM_CLASSES}_classes"] = r443
+
+    # The same 443-class weights with convs in bfloat16 (dtype_policy='mixed_bfloat16').
+    fast = retinanet(NUM_CLASSES, dtype_policy="mixed_bfloat16")
+    fast.set_weights(model.get_weights())
+    fast_inference = retinanet_bbox(fast)
+    print(f"{NUM_CLASSES}-class model at {height}x{width}, mixed_bfloat16 ...", flush=True)
+    rbf = bench_model(fast_inference, x, args.warmup, args.repeats)
+    exact = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in model.predict_on_batch(x[None])]
+    approx = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in fast.predict_on_batch(x[None])]
+    rbf["max_abs_dev_regression"] = float(np.abs(exact[0] - approx[0]).max())
+    rbf["max_abs_dev_scores"] = float(np.abs(exact[1] - approx[1]).max())
+    _, s32, l32 = (np.asarray(v) for v in inference.predict_on_batch(x[None]))
+    _, s16, l16 = (np.asarray(v) for v in fast_inference.predict_on_batch(x[None]))
+    rbf["detections_fp32"] = int((s32 > -1).sum())
+    rbf["same_label_at_same_rank"] = int(((l32 == l16) & (l32 > -1)).sum())
+    for key in ("batch1", "flip_batch2"):
+        n = 1 if key == "batch1" else 2
+        rbf[key]["images_per_s_wall"] = n / rbf[key]["wall_s"]
+        rbf[key]["images_per_cpu_s"] = n / rbf[key]["cpu_s"]
+        rbf[key]["speedup_cpu_vs_fp32"] = r443[key]["cpu_s"] / rbf[key]["cpu_s"]
+    result[f"resnet50_{NUM_CLASSES}_classes_bf16"] = rbf
+
+    write_result(args.out_dir, "bench_model", result)
+    lines = [f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; backend "
+             f"{result['backend']}; float32 matmul {result['matmul_gflops']:.0f} GFLOP/s",
+             f"ResNet50 7 classes {height}x{width} ({r7['gflop_per_image']:.0f} GFLOP): batch 1 "
+             f"{r7['batch1']['cpu_s']:.2f} CPU s ({r7['batch1']['wall_s']:.2f} s wall), flip batch 2 "
+             f"{r7['flip_batch2']['cpu_s']:.2f} CPU s ({r7['flip_batch2']['wall_s']:.2f} s wall)"]
+    if ref_cpu:
+        lines.append(f"  keras-retinanet (fixture README, same model and size): {ref_cpu:.2f} CPU s "
+                     f"({ref_wall:.2f} s wall) -> ours {r7['speedup_cpu_vs_keras_retinanet']:.2f}x its throughput "
+                     "in CPU time (target 1.3x)")
+    for key in ("batch1", "flip_batch2"):
+        r = r443[key]
+        lines.append(f"ResNet50 {NUM_CLASSES} classes {height}x{width} ({r443['gflop_per_image']:.0f} GFLOP/image) "
+                     f"{key}: {r['images_per_s_wall']:.3f} images/s wall, {r['images_per_cpu_s']:.3f} images per "
+                     f"CPU s, {r['achieved_gflops_wall']:.0f} GFLOP/s achieved "
+                     f"({100 * r['achieved_gflops_wall'] / result['matmul_gflops']:.0f}% of the matmul rate)")
+    for key in ("batch1", "flip_batch2"):
+        r = rbf[key]
+        lines.append(f"  mixed_bfloat16 {key}: {r['images_per_s_wall']:.3f} images/s wall, {r['images_per_cpu_s']:.3f} "
+                     f"images per CPU s = {r['speedup_cpu_vs_fp32']:.2f}x float32 in CPU time")
+    lines.append(f"  mixed_bfloat16 vs float32: raw regression max |dev| {rbf['max_abs_dev_regression']:.3g}, scores "
+                 f"{rbf['max_abs_dev_scores']:.3g}; {rbf['same_label_at_same_rank']} of {rbf['detections_fp32']} "
+                 "detections keep their label at their rank")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
