@@ -71,8 +71,27 @@ def _ensemble(r: dict) -> list[str]:
     return rows
 
 
+def _model(r: dict) -> list[str]:
+    h, w = r["input"]
+    r7 = r["resnet50_7_classes"]
+    rows = []
+    if r7.get("keras_retinanet_cpu_s"):
+        rows.append(f"| Model, ResNet50 7 classes {h}x{w}, batch 1 ({r['backend']}) "
+                    f"| {r7['batch1']['cpu_s']:.2f} CPU s "
+                    f"| keras-retinanet 1.0.0 (fixture README): {r7['keras_retinanet_cpu_s']:.2f} CPU s "
+                    f"| **{r7['speedup_cpu_vs_keras_retinanet']:.2f}x** (target >= 1.3x) |")
+    for key, label in (("resnet50_443_classes", "float32"), ("resnet50_443_classes_bf16", "bf16")):
+        m = r.get(key)
+        if m:
+            rows.append(f"| Model, ResNet50 443 classes {h}x{w}, {label} | batch 1: "
+                        f"{m['batch1']['images_per_s_wall']:.3f} img/s, flip batch 2: "
+                        f"{m['flip_batch2']['images_per_s_wall']:.3f} img/s (wall) | - | - |")
+    return rows
+
+
 ROWS = {"bench_levels": _levels, "bench_image_params": _image_params, "bench_expand": _expand,
-        "bench_oid_map": _oid_map, "bench_ensemble": _ensemble}
+        "bench_oid_map": _oid_map, "bench_ensemble": _ensemble,
+        "bench_model": _model}
 
 
 def _rows(name: str, result: dict) -> list[str]:
