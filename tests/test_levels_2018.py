@@ -81,3 +81,19 @@ def test_help_exits_zero(capsys):
         script.main(["--help"])
     assert exc.value.code == 0
     assert "--low-samples" in capsys.readouterr().out
+
+
+def test_released_class_lists():
+    """The released models' output order: 443 = LEVEL_1_LABELS, 500 = ALL_LABELS (the 500-class list's MIDs)."""
+    from oid_retinanet.oid.classes import read_class_descriptions
+    from oid_retinanet.oid.levels import released_class_list
+    from oid_retinanet.resources import resource_path
+
+    v4 = read_class_descriptions(resource_path("class-descriptions-boxable.csv"))
+    c500 = read_class_descriptions(resource_path("challenge-2018-class-descriptions-500.csv"))
+    l443, l500 = released_class_list(443, v4), released_class_list(500, v4)
+    assert l443[0] == ("/m/0mkg", "Accordion") and l443[-1][1] == "Zucchini"
+    assert l500[:443] == l443 and l500[443][1] == "Toy" and l500[-1][1] == "Animal"
+    assert {m for m, _ in l500} == set(c500.mids)
+    with pytest.raises(Exception, match="no released class list has 7 classes"):
+        released_class_list(7, v4)

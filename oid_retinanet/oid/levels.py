@@ -115,6 +115,23 @@ def levels_2018(classes: ClassList) -> dict[str, LevelSpec]:
     return specs
 
 
+def released_class_list(num_classes: int, classes: ClassList) -> tuple[tuple[str, str], ...]:
+    """(mid, name) of each output of ZFTurbo's released models, in output order, from their class count.
+
+    443: the 2018 level-1 models, LEVEL_1_LABELS order; 500: the 2019 models, ALL_LABELS order (levels 1 to 5
+    of 2018 one after the other). Names resolve through the v4 class list `classes`.
+    """
+    levels = _load_json("levels_2018.json")["levels"]
+    if num_classes == len(levels["1"]):
+        names = levels["1"]
+    elif num_classes == sum(len(v) for v in levels.values()):
+        names = [n for k in ("1", "2", "3", "4", "5") for n in levels[k]]
+    else:
+        raise OIDInputError(f"no released class list has {num_classes} classes (443: 2018 level 1, 500: 2019); "
+                            f"give the model's class list")
+    return tuple((classes.mid(n), n) for n in names)
+
+
 def levels_2019(classes: ClassList | None = None) -> dict[str, LevelSpec]:
     """The 2019 level specs.
 
