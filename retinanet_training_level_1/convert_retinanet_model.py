@@ -13,7 +13,6 @@ is an error).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -23,25 +22,11 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
-from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.cli import quiet_native_stderr, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path
 
 log = logging.getLogger("convert_retinanet_model")
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Hide what native code writes straight to file descriptor 2 (TensorFlow's start-up lines) meanwhile."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
