@@ -20,7 +20,7 @@ import argparse
 import os
 
 import a00_utils_and_constants as C
-from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.cli import fraction, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.predict.expand import DEFAULT_BLOCK_SIZE, DEFAULT_IOU_THR, VARIANTS, expand_csv, load_parent_table
 
@@ -32,13 +32,6 @@ VARIANT_FILES = {
 }
 
 
-def _iou_thr(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
-    return value
-
-
 def build_parser(description: str, variant: str, input_csv: str, output_csv: str) -> argparse.ArgumentParser:
     """The options of the expansion, shared by the 2018 script and the 2019 one (retinanet_inference_submission/)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +40,7 @@ def build_parser(description: str, variant: str, input_csv: str, output_csv: str
     p.add_argument("--only-new", action="store_true", help="write only the added parent boxes")
     p.add_argument("--variant", choices=VARIANTS, default=variant,
                    help="2018: ZFTurbo's script; 2019: gujingxiao's (default: %(default)s)")
-    p.add_argument("--iou-thr", type=_iou_thr, metavar="X",
+    p.add_argument("--iou-thr", type=fraction, metavar="X",
                    help="NMS threshold for the parent boxes (default: the variant's, "
                         + ", ".join(f"{v}: {t}" for v, t in DEFAULT_IOU_THR.items()) + ")")
     p.add_argument("--corrected", action="store_true",

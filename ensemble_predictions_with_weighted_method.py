@@ -23,7 +23,7 @@ import os
 
 import a00_utils_and_constants as C
 from oid_retinanet.boxes.wbf import WBF_CONF_TYPES
-from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.cli import fraction, positive_float, positive_int, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.oid.classes import read_class_descriptions
 from oid_retinanet.predict.ensemble import (
@@ -54,27 +54,6 @@ def default_output(variant: str, level: str, n_inputs: int, skip_box_thr: float,
     return C.SUBM_PATH + name
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _unit(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def build_parser(description: str | None, variant: str) -> argparse.ArgumentParser:
     """The options of the ensembling script, shared by the 2018 and the 2019 script (default --variant)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +62,7 @@ def build_parser(description: str | None, variant: str) -> argparse.ArgumentPars
                      help="one prediction cache folder per model (default: the original's ResNet101 and ResNet152 "
                           "caches of --level under OUTPUT_PATH)")
     src.add_argument("--csvs", nargs="+", metavar="CSV", help="prediction CSVs to ensemble instead of caches")
-    p.add_argument("--weights", nargs="+", type=_positive, metavar="W",
+    p.add_argument("--weights", nargs="+", type=positive_float, metavar="W",
                    help="one weight per model (default: equal, as the original)")
     p.add_argument("--labels", metavar="FILE",
                    help="the models' class list, MID,DisplayName per line in label order (default: the built-in "
@@ -98,15 +77,15 @@ def build_parser(description: str | None, variant: str) -> argparse.ArgumentPars
     p.add_argument("--variant", choices=["2018", "2019"], default=variant,
                    help="2018 (ZFTurbo) or 2019 (gujingxiao): merge rule, defaults and number format "
                         "(default: %(default)s)")
-    p.add_argument("--skip-box-thr", type=_unit, default=None,
+    p.add_argument("--skip-box-thr", type=fraction, default=None,
                    help="drop boxes scoring below this (default: 0.01 for 2018, 0.15 for 2019)")
-    p.add_argument("--iou-thr", type=_unit, default=None, help="IoU above which boxes merge (default: 0.55)")
-    p.add_argument("--limit-boxes", type=_count, default=None,
+    p.add_argument("--iou-thr", type=fraction, default=None, help="IoU above which boxes merge (default: 0.55)")
+    p.add_argument("--limit-boxes", type=positive_int, default=None,
                    help="keep at most this many boxes per image, best first (default: 400 for 2018, 600 for 2019)")
     p.add_argument("--output", help="output CSV (default: SUBM_PATH and the original's name)")
-    p.add_argument("--batch-images", type=_count, default=BATCH_IMAGES,
+    p.add_argument("--batch-images", type=positive_int, default=BATCH_IMAGES,
                    help="images merged together in one vectorised step (default: %(default)s)")
-    p.add_argument("--workers", type=_count, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="processes merging batches of cached images; the output does not depend on it "
                         "(default: the usable CPUs, at most 8)")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -26,25 +26,11 @@ import sys
 from pathlib import Path
 
 import a00_utils_and_constants as C
-from oid_retinanet.cli import quiet_native_stderr, script_main, setup_logging
+from oid_retinanet.cli import fraction, positive_int, quiet_native_stderr, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.predict.ensemble import MERGE_TYPES, MIRROR_DEFAULTS
 
 log = logging.getLogger("retinanet_inference_example")
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _unit(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -65,23 +51,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "models' list for 443 or 500 classes)")
     p.add_argument("--cache-dir", help="prediction cache folder (default: OUTPUT_PATH/cache_retinanet_<weights stem>/)")
     p.add_argument("--output", help="CSV to write (default: SUBM_PATH/retinanet_<weights stem>_predictions.csv)")
-    p.add_argument("--min-side", type=_count, help="resize: short side (default: 600 for resnet152, else 768)")
-    p.add_argument("--max-side", type=_count, help="resize: long side at most (default: 800 for resnet152, else 1024)")
+    p.add_argument("--min-side", type=positive_int, help="resize: short side (default: 600 for resnet152, else 768)")
+    p.add_argument("--max-side", type=positive_int,
+                   help="resize: long side at most (default: 800 for resnet152, else 1024)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not predict the mirrored image")
     p.add_argument("--from-cache", action="store_true", help="no model: only write the CSV from --cache-dir")
     p.add_argument("--shard", type=_shard, metavar="I/N", help="predict shard I of N of the sorted images, no CSV")
-    p.add_argument("--skip-box-thr", type=_unit, default=MIRROR_DEFAULTS["skip_box_thr"],
+    p.add_argument("--skip-box-thr", type=fraction, default=MIRROR_DEFAULTS["skip_box_thr"],
                    help="drop boxes scoring below this before merging (default: %(default)s)")
-    p.add_argument("--iou-thr", type=_unit, default=MIRROR_DEFAULTS["iou_thr"],
+    p.add_argument("--iou-thr", type=fraction, default=MIRROR_DEFAULTS["iou_thr"],
                    help="IoU above which boxes merge (default: %(default)s)")
-    p.add_argument("--limit-boxes", type=_count, default=MIRROR_DEFAULTS["limit_boxes"],
+    p.add_argument("--limit-boxes", type=positive_int, default=MIRROR_DEFAULTS["limit_boxes"],
                    help="keep at most this many boxes per image (default: %(default)s)")
     p.add_argument("--type", choices=MERGE_TYPES, default=MIRROR_DEFAULTS["type"],
                    help="merge of the image's and the mirror's boxes (default: %(default)s)")
     p.add_argument("--visualize", type=int, default=0, metavar="K",
                    help="draw the detections of K images into <cache-dir>/visualize/")
-    p.add_argument("--batch-size", type=_count, default=1, help="images per model call (default: %(default)s)")
-    p.add_argument("--workers", type=_count, default=2, help="threads reading images (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per model call (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=2, help="threads reading images (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.from_cache and not (args.weights and args.images):

@@ -21,15 +21,8 @@ except ImportError:
     import _bootstrap  # noqa: F401
 
 import a00_utils_and_constants as C
-from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.cli import fraction, script_main, setup_logging
 from oid_retinanet.oid.label_tools import DEFAULT_VAL_RATIOS, write_exists_splits
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"ratio must be in [0, 1], got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the train image folder (default: %(default)s)")
     p.add_argument("--output-path", default=C.OUTPUT_PATH,
                    help="where level_K_files/ are read and written (default: %(default)s)")
-    p.add_argument("--ratio", type=_ratio, help="validation ratio for every level (default: the original's "
+    p.add_argument("--ratio", type=fraction, help="validation ratio for every level (default: the original's "
                                                 "per-level ratios)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default: %(default)s)")
     p.add_argument("--split-level-images", action="store_true",

@@ -22,18 +22,11 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
-from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.cli import positive_int, script_main, setup_logging
 from oid_retinanet.data.resize_move import transfer_images, write_failures
 from oid_retinanet.errors import OIDInputError
 
 log = logging.getLogger("resize_move_images")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def _quality(text: str) -> int:
@@ -50,9 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--copy", action="store_true", help="copy instead of moving (the default with --max-side)")
     mode.add_argument("--move", action="store_true", help="move (the default without --max-side)")
-    p.add_argument("--max-side", type=_positive, metavar="N", help="shrink images so the longer side is at most N")
+    p.add_argument("--max-side", type=positive_int, metavar="N", help="shrink images so the longer side is at most N")
     p.add_argument("--quality", type=_quality, default=95, help="JPEG quality of shrunk images (default: %(default)s)")
-    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="parallel workers (default: the CPU count, %(default)s)")
     p.add_argument("--failures", help="CSV listing the files that failed (default: DST_failures.csv beside DST)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

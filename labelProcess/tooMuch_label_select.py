@@ -21,7 +21,7 @@ except ImportError:
     import _bootstrap  # noqa: F401
 
 import a00_utils_and_constants as C
-from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.cli import fraction, script_main, setup_logging
 from oid_retinanet.files import write_csv
 from oid_retinanet.oid.annotations import read_boxes
 from oid_retinanet.oid.classes import read_class_descriptions
@@ -38,13 +38,6 @@ from oid_retinanet.oid.levels import level_class_file, level_file
 log = logging.getLogger("tooMuch_label_select")
 
 
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"share must be in [0, 1], got {text}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--level", default="6", help="level whose files are read and written (default: %(default)s)")
@@ -53,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", help="selected CSV (default: the input name with -select before .csv)")
     p.add_argument("--labels", nargs="+", metavar="MID",
                    help="the too-much labels (default: the original's list for levels 6 and 1)")
-    p.add_argument("--max-share", type=_share, default=MAX_SHARE,
+    p.add_argument("--max-share", type=fraction, default=MAX_SHARE,
                    help="drop an image when these labels make up more than this share of its boxes "
                         "(default: %(default)s)")
     p.add_argument("--class-descriptions",
