@@ -89,9 +89,16 @@ def _model(r: dict) -> list[str]:
     return rows
 
 
+def _inference(r: dict) -> list[str]:
+    h, w = r["input"]
+    return [f"| Stage 4 inference ({r['backend']}, ResNet50, {r['classes']} classes, {h}x{w}, flip TTA, "
+            f"{r['images']} images) | {r['images_per_s']:.3f} images/s | - | "
+            f"{100 * r['outside_model_share']:.1f}% of the time outside the model call |"]
+
+
 ROWS = {"bench_levels": _levels, "bench_image_params": _image_params, "bench_expand": _expand,
         "bench_oid_map": _oid_map, "bench_ensemble": _ensemble,
-        "bench_model": _model}
+        "bench_model": _model, "bench_inference": _inference}
 
 
 def _rows(name: str, result: dict) -> list[str]:
