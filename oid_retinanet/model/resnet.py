@@ -13,6 +13,8 @@ What keras-resnet does (and torchvision / keras.applications do not):
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 CONV1_SAME = "same"
@@ -130,3 +132,12 @@ def resnet_features(inputs, depth: int = 50, conv1: str = CONV1_SAME) -> dict[st
 def feature_layer_names(depth: int) -> dict[str, str]:
     """Names of the layers whose outputs are C2..C5 (the last ReLU of each stage), e.g. C3 -> 'res3d_relu'."""
     return {f"C{stage + 2}": f"res{labels[-1]}_relu" for stage, labels in enumerate(block_names(depth))}
+
+
+_BACKBONE_LAYER = re.compile(r"^(padding_conv1|conv1|bn_conv1|conv1_relu|pool1"
+                             r"|res[2-5]\w*|bn[2-5]\w*|padding[2-5]\w*)$")
+
+
+def is_backbone_layer(name: str) -> bool:
+    """Whether a layer of our RetinaNet belongs to the ResNet (what --freeze-backbone freezes)."""
+    return bool(_BACKBONE_LAYER.match(name))

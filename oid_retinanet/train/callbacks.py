@@ -1,0 +1,116 @@
+"""Callbacks of the training scripts: snapshots written atomically, and the per-epoch validation mAP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from oid_retinanet.data.generator import OpenImagesGenerator
+from oid_retinanet.evaluate.callback import MeanAPCallback
+from oid_retinanet.evaluate.oid_map import EvalClasses, GroundTruth, ground_truth_from_frames
+from oid_retinanet.model.retinanet import retinanet_bbox
+from oid_retinanet.oid.predictions import ImagePredictions
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_SUFFIX = ".keras"
+_EPOCH = re.compile(r"_(\d+)$")
+
+
+def snapshot_name(backbone: str, level: str, epoch: int) -> str:
+    """`resnet50_oid_level_1_05.keras`: the original's `{backbone}_oid_{epoch:02d}` with the level added."""
+    return f"{backbone}_oid_level_{level}_{epoch:02d}{SNAPSHOT_SUFFIX}"
+
+
+def snapshot_epoch(path: str | os.PathLike) -> int | None:
+    """The epoch a snapshot was written after, from the number ending its name (as the original read it)."""
+    m = _EPOCH.search(Path(path).stem)
+    return int(m.group(1)) if m else None
+
+
+def latest_snapshot(folder: str | os.PathLike, backbone: str, level: str) -> Path | None:
+    """The snapshot of the highest epoch in `folder` for this backbone and level, if any."""
+    found = sorted((snapshot_epoch(p), p) for p in Path(folder).glob(f"{backbone}_oid_level_{level}_*{SNAPSHOT_SUFFIX}")
+                   if snapshot_epoch(p) is not None)
+    return found[-1][1] if found else None
+
+
+class Snapshot(keras.callbacks.Callback):
+    """Save the whole training model (weights, optimizer state, compile settings) after every epoch.
+
+    Written under a temporary name and renamed, so a run killed while saving leaves no half snapshot.
+    """
+
+    def __init__(self, folder: str | os.PathLike, backbone: str, level: str) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self.backbone = backbone
+        self.level = level
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / snapshot_name(self.backbone, self.level, epoch + 1)
+        tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{SNAPSHOT_SUFFIX}")
+        try:
+            self.model.save(tmp)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        log.info("epoch %d: snapshot %s", epoch + 1, final)
+
+
+def validation_ground_truth(generator: OpenImagesGenerator) -> GroundTruth:
+    """The boxes of the validation generator's images as ground truth. Images without boxes have none, so
+    detections on them are not scored: a training monitor, not the challenge score (use evaluate_oid_map.py)."""
+    import pandas as pd
+
+    data = generator.data
+    rows = pd.DataFrame({
+        "ImageID": np.repeat(data.image_ids, np.diff(data.offsets)),
+        "LabelName": np.asarray(data.classes.mids, dtype=object)[data.labels],
+        "XMin": data.boxes[:, 0], "YMin": data.boxes[:, 1], "XMax": data.boxes[:, 2], "YMax": data.boxes[:, 3],
+        "IsGroupOf": 0,
+    })
+    return ground_truth_from_frames(rows, None, EvalClasses.from_mids(data.classes.mids, data.classes.names))
+
+
+def predict_generator(generator: OpenImagesGenerator, model: keras.Model) -> Iterator[ImagePredictions]:
+    """Detections of the inference model built on `model` for every image of a sequential generator."""
+    prediction_model = retinanet_bbox(model)
+    mids = np.asarray(generator.data.classes.mids, dtype=object)
+    for group in generator._groups:
+        for i in group:
+            x, _, _ = generator.load_entry(int(i), None)
+            boxes, scores, labels = (np.asarray(v)[0] for v in prediction_model.predict_on_batch(x[None]))
+            keep = labels >= 0
+            h, w = x.shape[:2]
+            norm = boxes[keep] / np.array([w, h, w, h], np.float32)
+            yield ImagePredictions(str(generator.data.image_ids[i]), mids[labels[keep]], scores[keep], norm)
+
+
+def evaluation_callback(generator: OpenImagesGenerator, metric: str = "voc", report_path: str | None = None
+                        ) -> MeanAPCallback:
+    """`logs["mAP"]` on the validation generator after every epoch; the per-class table to `report_path`."""
+    callback = MeanAPCallback(lambda model: predict_generator(generator, model), validation_ground_truth(generator),
+                              metric=metric)
+    if report_path:
+        from oid_retinanet.files import atomic_write_text
+
+        original = callback.on_epoch_end
+
+        def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
+            original(epoch, logs)
+            if callback.last_result is not None:
+                table = callback.last_result.per_class()
+                atomic_write_text(report_path, f"epoch {epoch + 1} mAP {callback.last_result.mean_ap:.6f}\n"
+                                  + table.to_string() + "\n")
+
+        callback.on_epoch_end = on_epoch_end
+    return callback

@@ -1,0 +1,341 @@
+"""Stage 3: train RetinaNet on one level's files, the entry shared by `train_oid_level_1_resnet{50,101,152}.py`.
+
+The flags are keras-retinanet's `train.py` where it had them; each script differs only in its backbone and
+image sizes (ResNet50 and ResNet101: 768/1024, ResNet152: 600/800, as the original scripts). Inputs come from
+stages 1 and 2: `OUTPUT_PATH/level_N_files/{train,validation}-annotations-bbox-level-N.csv`, the class file
+beside them, `OUTPUT_PATH/{train,validation}_image_params.csv`, and the images under
+`DATASET_PATH/{train,validation}/` (flat or one subfolder deep).
+
+Written to --snapshot-path (default MODELS_PATH/snapshots/): a snapshot after every epoch
+(`resnet50_oid_level_1_05.keras`: model, optimizer state and compile settings), `training_log.csv` (loss and
+mAP per epoch, appended across resumed runs), `training_config.json` (the resolved settings) and
+`mAP_stat_<backbone>.txt` (per-class AP of the last evaluation). `--snapshot FILE` resumes at the epoch in its
+name with its optimizer state (or only the weights, from a keras-retinanet .h5); `--resume` picks the newest
+snapshot in --snapshot-path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import sys
+
+from oid_retinanet.cli import positive_float, positive_int
+from oid_retinanet.errors import OIDInputError
+
+log = logging.getLogger(__name__)
+TRAINER_DOC = "\n" + __doc__
+
+LEARNING_RATE = 1e-5
+CLIPNORM = 0.001
+LR_FACTOR, LR_PATIENCE, LR_MIN_DELTA, LR_MIN = 0.9, 2, 1e-4, 1e-7
+INTENSITY_CHANGE = (-30, 30)
+MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def build_parser(backbone: str, min_side: int, max_side: int, description: str,
+                 paths: dict[str, str]) -> argparse.ArgumentParser:
+    """The options of a training script; `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--snapshot", help="resume from this snapshot (.keras of ours, or a keras-retinanet .h5)")
+    start.add_argument("--imagenet-weights", dest="imagenet_weights", action="store_const", const=True, default=True,
+                       help="initialise the backbone with ImageNet weights (the default; downloads once)")
+    start.add_argument("--weights", help="initialise from this model file (layers that do not match are skipped)")
+    start.add_argument("--no-weights", dest="imagenet_weights", action="store_const", const=False,
+                       help="start from random weights")
+    p.add_argument("--resume", action="store_true",
+                   help="resume from the newest snapshot in --snapshot-path if there is one (else start as the "
+                        "other flags say)")
+    p.add_argument("--imagenet-source", default="fizyr", choices=["fizyr", "keras"],
+                   help="ImageNet weights: fizyr's caffe ResNets (keras-retinanet's) or keras.applications' "
+                        "(default: %(default)s)")
+    p.add_argument("--models-path", default=paths["MODELS_PATH"],
+                   help="where downloaded ImageNet weights are kept (default: %(default)s)")
+    p.add_argument("--backbone", default=backbone, choices=["resnet50", "resnet101", "resnet152"],
+                   help="(default: %(default)s)")
+    p.add_argument("--level", default="1", help="level to train: N reads level_N_files/ (default: %(default)s)")
+    p.add_argument("--dataset-path", default=paths["DATASET_PATH"], help="images (default: %(default)s)")
+    p.add_argument("--output-path", default=paths["OUTPUT_PATH"],
+                   help="level files and image parameters (default: %(default)s)")
+    p.add_argument("--snapshot-path", default=os.path.join(paths["MODELS_PATH"], "snapshots"),
+                   help="snapshots, log and configuration (default: %(default)s)")
+    p.add_argument("--tensorboard-dir", help="write TensorBoard logs here (TensorFlow backend)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="(default: %(default)s)")
+    p.add_argument("--multi-gpu", type=int, default=0,
+                   help="train data-parallel on this many devices (GPUs; logical CPU devices where there is no GPU)")
+    p.add_argument("--multi-gpu-force", action="store_true", help="accepted for compatibility; not needed")
+    p.add_argument("--epochs", type=positive_int, default=500, help="(default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=10000, help="batches per epoch (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=LEARNING_RATE,
+                   help=f"Adam learning rate, clipnorm {CLIPNORM} (default: %(default)s)")
+    p.add_argument("--no-snapshots", dest="snapshots", action="store_false", help="do not save snapshots")
+    p.add_argument("--no-evaluation", dest="evaluation", action="store_false", help="no per-epoch validation mAP")
+    p.add_argument("--eval-metric", choices=["voc", "oid"], default="voc",
+                   help="per-epoch metric: keras-retinanet's VOC-style mAP (the original's) or the OID "
+                        "challenge rules on the level's boxes (default: %(default)s)")
+    p.add_argument("--freeze-backbone", action="store_true", help="do not train the ResNet layers")
+    p.add_argument("--random-transform", action="store_true",
+                   help="random rotation, translation, shear, scaling and flips (default: horizontal flips only)")
+    p.add_argument("--no-intensity-change", dest="intensity_change", action="store_false",
+                   help="no random per-channel intensity change (the original always applied it)")
+    p.add_argument("--image-min-side", type=positive_int, default=min_side, help="(default: %(default)s)")
+    p.add_argument("--image-max-side", type=positive_int, default=max_side, help="(default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=2, help="threads preparing batches (default: %(default)s)")
+    p.add_argument("--mixed-precision", nargs="?", const="bfloat16", choices=sorted(MIXED_POLICIES),
+                   help="compute in bfloat16 (default when given) or float16, weights in float32")
+    p.add_argument("--group", choices=["ratio", "random"], default="ratio",
+                   help="batch images of similar aspect ratio, or as drawn (the original) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image draw and augmentation")
+    p.add_argument("--gpu", help="accepted for compatibility: sets CUDA_VISIBLE_DEVICES")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Contradictions found before any backend starts."""
+    if args.multi_gpu > 1 and args.batch_size < args.multi_gpu:
+        raise OIDInputError(f"--batch-size {args.batch_size} is smaller than --multi-gpu {args.multi_gpu}")
+    if args.multi_gpu > 1 and args.batch_size % args.multi_gpu:
+        raise OIDInputError(f"--batch-size {args.batch_size} must be a multiple of --multi-gpu {args.multi_gpu}")
+    if args.resume and args.snapshot:
+        raise OIDInputError("--resume finds the snapshot itself: give --resume or --snapshot, not both")
+    return args
+
+
+class _Inputs:
+    """Paths of one level's training inputs."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from oid_retinanet.oid.levels import level_class_file, level_file
+
+        out = args.output_path
+        self.classes = level_class_file(out, args.level)
+        self.annotations = {s: level_file(out, args.level, s) for s in ("train", "validation")}
+        self.params = {s: os.path.join(out, f"{s}_image_params.csv") for s in ("train", "validation")}
+        self.images = {s: os.path.join(args.dataset_path, s) for s in ("train", "validation")}
+
+    def check(self, subsets: tuple[str, ...]) -> None:
+        needed = [self.classes] + [p for s in subsets for p in (self.annotations[s], self.params[s])]
+        for path in needed:
+            if not os.path.isfile(path):
+                raise OIDInputError("not found: run stage 1 (create_files_for_training_by_levels.py) and stage 2 "
+                                    "(find_image_parameters.py) first, or set --output-path", path)
+
+
+def _distribution(n: int):
+    """A scope for data-parallel training over n devices (None for one device)."""
+    if n <= 1:
+        return None
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            devices = [d.name for d in tf.config.list_logical_devices("GPU")][:n]
+        else:  # no GPU: split the CPU into n logical devices, which exercises the same code path
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")][:n]
+        if len(devices) < n:
+            raise OIDInputError(f"--multi-gpu {n}: only {len(devices)} devices")
+        log.info("data-parallel training on %s", ", ".join(devices))
+        return tf.distribute.MirroredStrategy(devices).scope()
+    if backend == "jax":
+        import jax
+
+        devices = jax.devices()
+        if len(devices) < n:
+            raise OIDInputError(f"--multi-gpu {n}: JAX sees only {len(devices)} devices (for CPU devices set "
+                                f"XLA_FLAGS=--xla_force_host_platform_device_count={n})")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices[:n]))
+        log.info("data-parallel training on %s", ", ".join(str(d) for d in devices[:n]))
+        return None
+    raise OIDInputError(f"--multi-gpu is supported on the tensorflow and jax backends, not {backend}")
+
+
+def _compile(model, lr: float) -> None:
+    import keras
+
+    from oid_retinanet.train.losses import FocalLoss, SmoothL1Loss
+
+    model.compile(loss={"regression": SmoothL1Loss(), "classification": FocalLoss()},
+                  optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=CLIPNORM))
+
+
+def _create_model(args: argparse.Namespace, num_classes: int):
+    """A new compiled training model, initialised as the flags say."""
+    from oid_retinanet.model.resnet import CONV1_ZERO_PADDING
+    from oid_retinanet.model.retinanet import retinanet
+
+    policy = MIXED_POLICIES[args.mixed_precision] if args.mixed_precision else "float32"
+    # conv1 as keras-resnet 0.1.0 (the 2018 releases), which is also how the ImageNet weights were trained
+    model = retinanet(num_classes, backbone=args.backbone, conv1=CONV1_ZERO_PADDING, dtype_policy=policy)
+    if args.weights:
+        from oid_retinanet.model.h5 import load_weights_h5
+
+        if args.weights.endswith(".keras"):
+            import keras
+
+            source = keras.saving.load_model(args.weights, compile=False)
+            _copy_matching_weights(source, model)
+        else:
+            report = load_weights_h5(model, args.weights, skip_mismatch=True)
+            log.info("%s: %s", args.weights, report)
+    elif args.imagenet_weights:
+        from oid_retinanet.model.imagenet import fetch_imagenet_weights, load_imagenet_backbone
+
+        depth = int(args.backbone.replace("resnet", ""))
+        path = fetch_imagenet_weights(depth, args.imagenet_source, models_path=args.models_path)
+        log.info("ImageNet weights: %s", load_imagenet_backbone(model, path))
+    if args.freeze_backbone:
+        from oid_retinanet.model.resnet import is_backbone_layer
+
+        for layer in model.layers:
+            if is_backbone_layer(layer.name):
+                layer.trainable = False
+    _compile(model, args.lr)
+    return model
+
+
+def _copy_matching_weights(source, target) -> None:
+    copied = skipped = 0
+    for layer in target.layers:
+        try:
+            other = source.get_layer(layer.name)
+        except ValueError:
+            skipped += 1
+            continue
+        mine, theirs = layer.get_weights(), other.get_weights()
+        if len(mine) == len(theirs) and all(a.shape == b.shape for a, b in zip(mine, theirs)):
+            layer.set_weights(theirs)
+            copied += 1
+        elif mine:
+            skipped += 1
+    log.info("copied weights of %d layers, skipped %d (missing or of another shape)", copied, skipped)
+
+
+def _resume_model(path: str, args: argparse.Namespace, num_classes: int):
+    """(model, epoch) from a snapshot: ours with its optimizer state, or a keras-retinanet .h5's weights."""
+    from oid_retinanet.train.callbacks import snapshot_epoch
+
+    epoch = snapshot_epoch(path)
+    if epoch is None:
+        raise OIDInputError("cannot tell the epoch from the snapshot's name (it should end in _<epoch>)", path)
+    if path.endswith(".keras"):
+        import keras
+
+        import oid_retinanet.train.losses  # noqa: F401  (registers the losses for deserialisation)
+
+        model = keras.saving.load_model(path)
+        classes = int(model.get_layer("classification").output.shape[-1])
+        if classes != num_classes:
+            raise OIDInputError(f"snapshot has {classes} classes, the level file {num_classes}", path)
+        return model, epoch
+    from oid_retinanet.model.h5 import load_keras_retinanet
+
+    log.warning("%s: a keras-retinanet file holds no usable optimizer state; Adam restarts", path)
+    model = load_keras_retinanet(path, inference=False)
+    _compile(model, args.lr)
+    return model, epoch
+
+
+def _write_config(args: argparse.Namespace, inputs: _Inputs, num_classes: int, initial_epoch: int) -> None:
+    import keras
+
+    from oid_retinanet.files import atomic_write_text
+
+    config = {k: v for k, v in vars(args).items()}
+    config.update(num_classes=num_classes, initial_epoch=initial_epoch, class_file=inputs.classes,
+                  annotations=inputs.annotations, image_params=inputs.params, images=inputs.images,
+                  backend=keras.backend.backend(), keras=keras.__version__, python=platform.python_version(),
+                  command=" ".join(sys.argv))
+    os.makedirs(args.snapshot_path, exist_ok=True)
+    atomic_write_text(os.path.join(args.snapshot_path, "training_config.json"), json.dumps(config, indent=1) + "\n")
+
+
+def train(args: argparse.Namespace):
+    """Train as the flags say; returns the Keras History."""
+    if args.gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    inputs = _Inputs(args)
+    inputs.check(("train", "validation") if args.evaluation else ("train",))
+    snapshot = args.snapshot
+    if args.resume:
+        from oid_retinanet.train.callbacks import latest_snapshot
+
+        found = latest_snapshot(args.snapshot_path, args.backbone, args.level)
+        if found is None:
+            log.info("--resume: no snapshot in %s, starting anew", args.snapshot_path)
+        snapshot = str(found) if found else None
+    if snapshot and not os.path.isfile(snapshot):
+        raise FileNotFoundError(2, "No such file or directory", snapshot)
+    scope = _distribution(args.multi_gpu)
+
+    import keras
+
+    from oid_retinanet.data.augment import RandomTransform
+    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
+    from oid_retinanet.train import callbacks as cb
+
+    train_data = load_level_data(inputs.annotations["train"], inputs.classes, inputs.params["train"],
+                                 inputs.images["train"])
+    common = dict(batch_size=args.batch_size, min_side=args.image_min_side, max_side=args.image_max_side)
+    train_gen = OpenImagesGenerator(train_data, GeneratorConfig(
+        **common, steps=args.steps, seed=args.seed, group=args.group,
+        transform=RandomTransform.ORIGINAL_FULL if args.random_transform else RandomTransform.FLIP_X,
+        intensity=INTENSITY_CHANGE if args.intensity_change else None), workers=args.workers)
+    with scope if scope is not None else contextlib.nullcontext():
+        if snapshot:
+            model, initial_epoch = _resume_model(snapshot, args, train_data.num_classes)
+            log.info("resuming from %s after epoch %d", snapshot, initial_epoch)
+        else:
+            model, initial_epoch = _create_model(args, train_data.num_classes), 0
+    if initial_epoch >= args.epochs:
+        log.info("snapshot is at epoch %d; --epochs %d: nothing to do", initial_epoch, args.epochs)
+        return None
+    train_gen.start_epoch(initial_epoch)
+
+    callbacks = []
+    if args.evaluation:
+        val_data = load_level_data(inputs.annotations["validation"], inputs.classes, inputs.params["validation"],
+                                   inputs.images["validation"])
+        val_gen = OpenImagesGenerator(val_data, GeneratorConfig(**common, sampling="sequential"))
+        callbacks.append(cb.evaluation_callback(val_gen, args.eval_metric, os.path.join(
+            args.snapshot_path, f"mAP_stat_{args.backbone}.txt")))
+    callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=LR_FACTOR, patience=LR_PATIENCE,
+                                                       min_delta=LR_MIN_DELTA, min_lr=LR_MIN, verbose=1))
+    if args.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=args.tensorboard_dir))
+    os.makedirs(args.snapshot_path, exist_ok=True)
+    callbacks.append(keras.callbacks.CSVLogger(os.path.join(args.snapshot_path, "training_log.csv"), append=True))
+    if args.snapshots:
+        callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level))
+    _write_config(args, inputs, train_data.num_classes, initial_epoch)
+    log.info("training %s on level %s: %d images, %d classes, %d epochs x %d steps of %d, sides %d/%d",
+             args.backbone, args.level, len(train_data), train_data.num_classes, args.epochs, args.steps,
+             args.batch_size, args.image_min_side, args.image_max_side)
+    return model.fit(train_gen, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                     verbose=1 if sys.stderr.isatty() else 2)
+
+
+def run_script(backbone: str, min_side: int, max_side: int, description: str, argv: list[str] | None) -> int:
+    """main() of a training script."""
+    import a00_utils_and_constants as C
+    from oid_retinanet.cli import quiet_native_stderr, setup_logging
+
+    paths = {"DATASET_PATH": C.DATASET_PATH, "OUTPUT_PATH": C.OUTPUT_PATH, "MODELS_PATH": C.MODELS_PATH}
+    args = check_args(build_parser(backbone, min_side, max_side, description, paths).parse_args(argv))
+    setup_logging(args.verbose)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native_stderr():
+        import keras  # noqa: F401
+    train(args)
+    return 0

@@ -1,0 +1,122 @@
+"""Stage 3 end to end: the three training scripts on a tiny generated level (two steps, a snapshot, a resume),
+data-parallel training on two logical CPU devices, and proof that the model learns (a few images overfit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from oid_retinanet.boxes.iou import pairwise_iou
+from tests.conftest import REPO
+from tests.train_helpers import make_tiny_level
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_level(tmp_path_factory.mktemp("tiny_train"))
+
+
+def _args(tiny, snapshots, *extra):
+    return ["--no-weights", "--dataset-path", str(tiny.dataset), "--output-path", str(tiny.output),
+            "--snapshot-path", str(snapshots), "--image-min-side", "64", "--image-max-side", "80",
+            "--steps", "2", "--workers", "1", *extra]
+
+
+@pytest.mark.parametrize("depth", [50, 101, 152])
+def test_training_script_snapshot_and_resume(depth, tiny, tmp_path):
+    import importlib
+
+    import keras
+
+    script = importlib.import_module(f"retinanet_training_level_1.train_oid_level_1_resnet{depth}")
+    snapshots = tmp_path / "snapshots"
+    extra = [] if depth == 50 else ["--no-evaluation"]  # the evaluation path once is enough
+    assert script.main(_args(tiny, snapshots, "--epochs", "1", *extra)) == 0
+    first = snapshots / f"resnet{depth}_oid_level_1_01.keras"
+    assert first.is_file()
+    config = json.loads((snapshots / "training_config.json").read_text())
+    assert config["backbone"] == f"resnet{depth}" and config["num_classes"] == 5 and config["initial_epoch"] == 0
+    assert (config["image_min_side"], config["image_max_side"]) == (64, 80)
+
+    assert script.main(_args(tiny, snapshots, "--epochs", "2", "--resume", *extra)) == 0
+    second = snapshots / f"resnet{depth}_oid_level_1_02.keras"
+    assert second.is_file()
+    assert json.loads((snapshots / "training_config.json").read_text())["initial_epoch"] == 1
+    log = pd.read_csv(snapshots / "training_log.csv")
+    assert log["epoch"].tolist() == [0, 1] and np.isfinite(log["loss"]).all()
+    if depth == 50:
+        assert "mAP" in log.columns and (snapshots / "mAP_stat_resnet50.txt").is_file()
+    # the optimizer state went on: two steps per epoch
+    import oid_retinanet.train.losses  # noqa: F401
+
+    assert int(keras.saving.load_model(second).optimizer.iterations) == 4
+    assert not list(snapshots.glob(".*tmp*"))  # no half-written snapshot left behind
+
+
+def test_training_script_defaults_and_errors(tiny, tmp_path, capsys):
+    from oid_retinanet.train.trainer import build_parser
+    from retinanet_training_level_1 import train_oid_level_1_resnet101 as r101
+    from retinanet_training_level_1 import train_oid_level_1_resnet152 as r152
+
+    paths = {"DATASET_PATH": "d/", "OUTPUT_PATH": "o/", "MODELS_PATH": "m/"}
+    for module, (lo, hi) in ((r101, (768, 1024)), (r152, (600, 800))):
+        with pytest.raises(SystemExit):
+            module.main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"--image-min-side IMAGE_MIN_SIDE (default: {lo})" in text
+        assert f"--image-max-side IMAGE_MAX_SIDE (default: {hi})" in text
+    args = build_parser("resnet152", 600, 800, "", paths).parse_args([])
+    assert (args.image_min_side, args.image_max_side, args.lr, args.batch_size) == (600, 800, 1e-5, 1)
+    assert args.imagenet_weights is True and args.snapshot_path == os.path.join("m/", "snapshots")
+    assert r152.main(_args(tiny, tmp_path, "--level", "9")) == 2
+    assert "not found: run stage 1" in capsys.readouterr().err
+    assert r101.main(_args(tiny, tmp_path, "--multi-gpu", "2", "--batch-size", "1")) == 2
+    assert "smaller than --multi-gpu" in capsys.readouterr().err
+    with_weights = [a for a in _args(tiny, tmp_path) if a != "--no-weights"]
+    assert r101.main([*with_weights, "--snapshot", str(tmp_path / "none_03.keras")]) == 2
+    assert "none_03.keras" in capsys.readouterr().err
+
+
+def test_data_parallel_on_two_logical_cpus(tiny, tmp_path):
+    # A fresh process: the CPU is split into two logical devices before TensorFlow starts.
+    snapshots = tmp_path / "snapshots"
+    cmd = [sys.executable, "retinanet_training_level_1/train_oid_level_1_resnet50.py",
+           *_args(tiny, snapshots, "--epochs", "1", "--multi-gpu", "2", "--batch-size", "2", "--no-evaluation")]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "data-parallel training on" in run.stderr and "CPU:1" in run.stderr
+    assert (snapshots / "resnet50_oid_level_1_01.keras").is_file()
+
+
+def test_a_few_images_overfit(tmp_path):
+    import keras
+
+    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
+    from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
+    from oid_retinanet.train.trainer import _compile
+
+    level = make_tiny_level(tmp_path, n_train=4, n_validation=2)
+    data = load_level_data(**level.inputs("train"))
+    gen = OpenImagesGenerator(data, GeneratorConfig(batch_size=len(data), min_side=120, max_side=160,
+                                                    sampling="sequential"))
+    keras.utils.set_random_seed(0)
+    model = retinanet(data.num_classes)
+    _compile(model, 1e-4)
+    x, y = gen[0]
+    losses = [float(np.ravel(model.train_on_batch(x, y))[0]) for _ in range(30)]
+    assert losses[-1] < losses[0] / 2, losses
+    boxes, scores, labels = (np.asarray(v) for v in retinanet_bbox(model).predict_on_batch(x))
+    found = 0
+    for k, i in enumerate(gen._groups[0]):
+        gt_boxes, gt_labels = data.image_boxes(int(i))
+        h, w = x.shape[1:3]
+        for box, label in zip(gt_boxes * [w, h, w, h], gt_labels):
+            match = (labels[k] == label) & (scores[k] > 0.2)
+            found += bool(match.any() and pairwise_iou(box[None], boxes[k][match]).max() > 0.5)
+    assert found == len(data.boxes), f"{found} of {len(data.boxes)} objects detected"
