@@ -51,9 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "models' list for 443 or 500 classes)")
     p.add_argument("--cache-dir", help="prediction cache folder (default: OUTPUT_PATH/cache_retinanet_<weights stem>/)")
     p.add_argument("--output", help="CSV to write (default: SUBM_PATH/retinanet_<weights stem>_predictions.csv)")
-    p.add_argument("--min-side", type=positive_int, help="resize: short side (default: 600 for resnet152, else 768)")
+    p.add_argument("--min-side", type=positive_int,
+                   help="resize: short side (default: 600 for resnet152, 768 for resnet50/101, 800 for MobileNets)")
     p.add_argument("--max-side", type=positive_int,
-                   help="resize: long side at most (default: 800 for resnet152, else 1024)")
+                   help="resize: long side at most (default: 800 for resnet152, 1024 for resnet50/101, 1333 for "
+                        "MobileNets)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not predict the mirrored image")
     p.add_argument("--from-cache", action="store_true", help="no model: only write the CSV from --cache-dir")
     p.add_argument("--shard", type=_shard, metavar="I/N", help="predict shard I of N of the sorted images, no CSV")
@@ -127,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     labels = _labels(args, num_classes)
 
     if not args.from_cache:
-        from oid_retinanet.predict.inference import DEFAULT_SIDES, list_images, predict_images, shard, visualize
+        from oid_retinanet.predict.inference import default_sides, list_images, predict_images, shard, visualize
 
         paths = list_images(args.images)
         if args.shard:
             paths = shard(paths, *args.shard)
             log.info("shard %d/%d: %d images", *args.shard, len(paths))
-        min_side, max_side = DEFAULT_SIDES[backbone]
+        min_side, max_side = default_sides(backbone)
         min_side, max_side = args.min_side or min_side, args.max_side or max_side
         if model is None:
             model = h5.load_model(args.weights, inference=True)

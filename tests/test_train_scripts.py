@@ -120,3 +120,25 @@ def test_a_few_images_overfit(tmp_path):
             match = (labels[k] == label) & (scores[k] > 0.2)
             found += bool(match.any() and pairwise_iou(box[None], boxes[k][match]).max() > 0.5)
     assert found == len(data.boxes), f"{found} of {len(data.boxes)} objects detected"
+
+
+def test_mobilenet_backbone_trains_through_the_script(tiny, tmp_path):
+    from retinanet_training_level_1 import train_oid_level_1_resnet50 as script
+
+    snapshots = tmp_path / "snapshots"
+    # odd sides (ceil and floor feature sizes differ for MobileNet): the targets must still fit the outputs
+    assert script.main(_args(tiny, snapshots, "--epochs", "1", "--backbone", "mobilenet128_0.25", "--batch-size",
+                             "2", "--image-min-side", "61", "--image-max-side", "83")) == 0
+    assert (snapshots / "mobilenet128_0.25_oid_level_1_01.keras").is_file()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("torch") is None, reason="torch not installed")
+def test_training_on_the_torch_backend(tiny, tmp_path):
+    snapshots = tmp_path / "snapshots"
+    cmd = [sys.executable, "retinanet_training_level_1/train_oid_level_1_resnet50.py",
+           *_args(tiny, snapshots, "--epochs", "1", "--no-evaluation", "--mixed-precision")]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((snapshots / "training_config.json").read_text())["backend"] == "torch"
+    assert (snapshots / "resnet50_oid_level_1_01.keras").is_file()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -36,7 +36,7 @@ from oid_retinanet.data.augment import RandomTransform, random_intensity_change
 from oid_retinanet.data.preprocess import preprocess_image, read_image_bgr, resize_image
 from oid_retinanet.data.targets import anchor_targets
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters, anchors_for_shape
+from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters, anchors_for_shape, feature_shapes
 from oid_retinanet.oid.annotations import read_boxes, read_csv_checked
 from oid_retinanet.oid.classes import ClassList, read_class_descriptions
 
@@ -198,6 +198,7 @@ class GeneratorConfig:
     steps: int | None = None
     seed: int = 0
     anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS
+    feature_shapes: Callable = feature_shapes  # of the backbone (`model.retinanet.backbone_feature_shapes`)
 
 
 class OpenImagesGenerator(keras.utils.PyDataset):
@@ -276,7 +277,7 @@ class OpenImagesGenerator(keras.utils.PyDataset):
         images = np.zeros((len(entries),) + shape, np.float32)
         for k, (x, _, _) in enumerate(entries):
             images[k, :x.shape[0], :x.shape[1]] = x
-        anchors = anchors_for_shape(shape, self.config.anchor_params)
+        anchors = anchors_for_shape(shape, self.config.anchor_params, self.config.feature_shapes)
         regression, classification = anchor_targets(anchors, [e[0].shape[:2] for e in entries],
                                                     [e[1] for e in entries], [e[2] for e in entries])
         return images, {"regression": regression, "classification": classification}

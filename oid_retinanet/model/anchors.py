@@ -81,9 +81,13 @@ def feature_shapes(image_shape, pyramid_levels=PYRAMID_LEVELS) -> list[tuple[int
     return [(-(-h // 2**p), -(-w // 2**p)) for p in pyramid_levels]
 
 
-def anchors_for_shape(image_shape, anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS) -> np.ndarray:
-    """All anchors (N, 4) float64 for a network input of `image_shape` (H, W, ...), keras-retinanet's order."""
-    shapes = feature_shapes(image_shape, anchor_params.pyramid_levels)
+def anchors_for_shape(image_shape, anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS,
+                      shapes_fn=feature_shapes) -> np.ndarray:
+    """All anchors (N, 4) float64 for a network input of `image_shape` (H, W, ...), keras-retinanet's order.
+
+    shapes_fn(image_shape, pyramid_levels): the feature map sizes of the backbone (default: ceil(side / 2^level)).
+    """
+    shapes = shapes_fn(image_shape, anchor_params.pyramid_levels)
     parts = [shift(shape, stride, generate_anchors(size, anchor_params.ratios, anchor_params.scales))
              for shape, size, stride in zip(shapes, anchor_params.sizes, anchor_params.strides)]
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, 4))

@@ -23,6 +23,7 @@ from oid_retinanet.model.filter_detections import (
 )
 from oid_retinanet.model.fpn import FEATURE_SIZE, feature_pyramid
 from oid_retinanet.model.heads import PRIOR_PROBABILITY, classification_submodel, regression_submodel
+from oid_retinanet.model.mobilenet import is_mobilenet, mobilenet_features, parse_mobilenet
 from oid_retinanet.model.resnet import CONV1_SAME, parse_backbone, resnet_features
 
 TRAINING_NAME = "retinanet"
@@ -35,11 +36,12 @@ def retinanet(num_classes: int, backbone: str | int = "resnet50", conv1: str = C
               anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS, feature_size: int = FEATURE_SIZE,
               prior_probability: float = PRIOR_PROBABILITY, input_shape=(None, None, 3),
               dtype_policy: str = DTYPE_POLICY, name: str = TRAINING_NAME) -> keras.Model:
-    """The training model: ResNet backbone, FPN, shared regression and classification heads.
+    """The training model: ResNet (or MobileNet) backbone, FPN, shared regression and classification heads.
 
-    backbone: 'resnet50' / 'resnet101' / 'resnet152'. conv1: 'same' (keras-resnet 0.2.0) or 'zero_padding'
-    (0.1.0, the 2018 releases). dtype_policy: 'float32' (exact) or a Keras mixed policy such as
-    'mixed_bfloat16' (variables stay float32, so the same weights load; outputs are then bfloat16).
+    backbone: 'resnet50' / 'resnet101' / 'resnet152', or a MobileNet ('mobilenet224_1.0', see mobilenet.py).
+    conv1 (ResNets): 'same' (keras-resnet 0.2.0) or 'zero_padding' (0.1.0, the 2018 releases).
+    dtype_policy: 'float32' (exact) or a Keras mixed policy such as 'mixed_bfloat16' (variables stay float32,
+    so the same weights load; outputs are then bfloat16).
     Outputs are named 'regression' and 'classification'.
     """
     previous = keras.config.dtype_policy()
@@ -58,7 +60,10 @@ def _retinanet(num_classes, backbone, conv1, anchor_params, feature_size, prior_
     if not {3, 4, 5} <= set(levels) or not set(levels) <= {3, 4, 5, 6, 7}:
         raise ValueError(f"pyramid levels must include 3, 4 and 5 and lie in 3..7, got {levels}")
     inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
-    c = resnet_features(inputs, depth=parse_backbone(backbone), conv1=conv1)
+    if is_mobilenet(backbone):
+        c = mobilenet_features(inputs, parse_mobilenet(backbone))
+    else:
+        c = resnet_features(inputs, depth=parse_backbone(backbone), conv1=conv1)
     p = feature_pyramid(c["C3"], c["C4"], c["C5"], feature_size=feature_size, pyramid_levels=levels)
     features = [p[f"P{level}"] for level in levels]
     heads = [
@@ -70,6 +75,21 @@ def _retinanet(num_classes, backbone, conv1, anchor_params, feature_size, prior_
     outputs = [keras.layers.Concatenate(axis=1, name=head_name)([head(f) for f in features])
                for head_name, head in heads]
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def backbone_feature_shapes(backbone: str):
+    """The function giving the pyramid's feature map sizes of `backbone` (for the anchors of training targets)."""
+    from oid_retinanet.model import anchors, mobilenet
+
+    return mobilenet.feature_shapes if is_mobilenet(backbone) else anchors.feature_shapes
+
+
+def is_backbone_layer(name: str) -> bool:
+    """Whether a layer of a RetinaNet belongs to its backbone (ResNet or MobileNet): what --freeze-backbone
+    freezes."""
+    from oid_retinanet.model import mobilenet, resnet
+
+    return resnet.is_backbone_layer(name) or mobilenet.is_backbone_layer(name)
 
 
 def retinanet_bbox(model: keras.Model, nms: bool = NMS, class_specific_filter: bool = CLASS_SPECIFIC_FILTER,

@@ -141,21 +141,48 @@ def normalise_detections(boxes: np.ndarray, labels: np.ndarray, height: int, wid
     return out
 
 
+def predict_batch(model, x: np.ndarray, flip: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detections of a batch of same-shaped network inputs `x` (B, H, W, 3), as the cache holds them per image.
+
+    With flip each image and its mirrored copy go through the model in one call (rows 2i and 2i + 1). Returns
+    boxes (B, R, N, 4) normalised by the input's width and height, scores (B, R, N), labels (B, R, N); R = 2
+    with flip (row 1: the mirror's detections in its own coordinates), else 1.
+    """
+    if flip:
+        x = np.stack([x, x[:, :, ::-1]], axis=1).reshape(-1, *x.shape[1:])
+    boxes, scores, labels = (np.asarray(v) for v in model.predict_on_batch(x))
+    rows = 2 if flip else 1
+    height, width = x.shape[1:3]
+    boxes = normalise_detections(boxes, labels, height, width)
+    n = len(x) // rows
+    return (boxes.reshape(n, rows, *boxes.shape[1:]), scores.reshape(n, rows, *scores.shape[1:]),
+            labels.reshape(n, rows, *labels.shape[1:]))
+
+
 def model_backbone(model) -> str:
-    """'resnet50', 'resnet101' or 'resnet152' of a loaded RetinaNet model, from its residual block names."""
+    """'resnet50', 'resnet101', 'resnet152' or 'mobilenet224_<alpha>' of a loaded RetinaNet model, from its layers."""
     from oid_retinanet.model.h5 import _STAGE_BLOCK
     from oid_retinanet.model.resnet import BLOCKS
 
+    names = {layer.name for layer in model.layers}
+    if "conv_pw_13" in names:  # keras.applications' MobileNet; conv1 has 32 * alpha filters
+        alpha = model.get_layer("conv1").kernel.shape[-1] / 32
+        return f"mobilenet224_{alpha:g}" if alpha != 1 else "mobilenet224_1.0"
     counts = {s: 0 for s in "2345"}
-    for layer in model.layers:
-        m = _STAGE_BLOCK.match(layer.name)
+    for name in names:
+        m = _STAGE_BLOCK.match(name)
         if m:
             counts[m.group(1)] += 1
     blocks = tuple(counts[s] for s in "2345")
     depth = next((d for d, b in BLOCKS.items() if b == blocks), None)
     if depth is None:
-        raise ValueError(f"not a ResNet50/101/152 RetinaNet: residual blocks per stage {blocks}")
+        raise ValueError(f"not a ResNet50/101/152 or MobileNet RetinaNet: residual blocks per stage {blocks}")
     return f"resnet{depth}"
+
+
+def default_sides(backbone: str) -> tuple[int, int]:
+    """(min_side, max_side) the original used for a backbone; keras-retinanet's 800/1333 for the others."""
+    return DEFAULT_SIDES.get(backbone, (800, 1333))
 
 
 def model_num_classes(model) -> int:
@@ -195,16 +222,9 @@ def predict_images(model, paths: Sequence[str | os.PathLike], cache_dir: str | o
              len(todo), min_side, max_side, flip)
 
     def predict(batch: list[_Prepared]) -> None:
-        x = np.stack([p.x for p in batch])
-        if flip:  # image i and its mirror are rows 2i and 2i + 1
-            x = np.stack([x, x[:, :, ::-1]], axis=1).reshape(-1, *x.shape[1:])
-        boxes, scores, labels = (np.asarray(v) for v in model.predict_on_batch(x))
-        rows = 2 if flip else 1
-        height, width = x.shape[1:3]
-        boxes = normalise_detections(boxes, labels, height, width)
+        boxes, scores, labels = predict_batch(model, np.stack([p.x for p in batch]), flip)
         for k, item in enumerate(batch):
-            part = slice(k * rows, (k + 1) * rows)
-            write_cache(cache_file(cache_dir, item.image_id), boxes[part], scores[part], labels[part])
+            write_cache(cache_file(cache_dir, item.image_id), boxes[k], scores[k], labels[k])
         report.predicted += len(batch)
         bar.update(len(batch))
 

@@ -56,8 +56,9 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
                         "(default: %(default)s)")
     p.add_argument("--models-path", default=paths["MODELS_PATH"],
                    help="where downloaded ImageNet weights are kept (default: %(default)s)")
-    p.add_argument("--backbone", default=backbone, choices=["resnet50", "resnet101", "resnet152"],
-                   help="(default: %(default)s)")
+    p.add_argument("--backbone", default=backbone, type=_backbone,
+                   help="resnet50, resnet101, resnet152, or a MobileNet: mobilenet{128,160,192,224}_{0.25,0.5,0.75,"
+                        "1.0} (small and fast, e.g. to train from scratch on a CPU) (default: %(default)s)")
     p.add_argument("--level", default="1", help="level to train: N reads level_N_files/ (default: %(default)s)")
     p.add_argument("--dataset-path", default=paths["DATASET_PATH"], help="images (default: %(default)s)")
     p.add_argument("--output-path", default=paths["OUTPUT_PATH"],
@@ -94,6 +95,15 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
     p.add_argument("--gpu", help="accepted for compatibility: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _backbone(text: str) -> str:
+    from oid_retinanet.model.mobilenet import is_mobilenet
+
+    if text in ("resnet50", "resnet101", "resnet152") or is_mobilenet(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown backbone {text!r}: resnet50, resnet101, resnet152 or "
+                                     "mobilenet<128|160|192|224>_<0.25|0.5|0.75|1.0>")
 
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -190,13 +200,16 @@ def _create_model(args: argparse.Namespace, num_classes: int):
             report = load_weights_h5(model, args.weights, skip_mismatch=True)
             log.info("%s: %s", args.weights, report)
     elif args.imagenet_weights:
+        if not args.backbone.startswith("resnet"):
+            raise OIDInputError(f"--imagenet-weights: only for the ResNets; train {args.backbone} with --no-weights "
+                                "or --weights")
         from oid_retinanet.model.imagenet import fetch_imagenet_weights, load_imagenet_backbone
 
         depth = int(args.backbone.replace("resnet", ""))
         path = fetch_imagenet_weights(depth, args.imagenet_source, models_path=args.models_path)
         log.info("ImageNet weights: %s", load_imagenet_backbone(model, path))
     if args.freeze_backbone:
-        from oid_retinanet.model.resnet import is_backbone_layer
+        from oid_retinanet.model.retinanet import is_backbone_layer
 
         for layer in model.layers:
             if is_backbone_layer(layer.name):
@@ -287,7 +300,10 @@ def train(args: argparse.Namespace):
 
     train_data = load_level_data(inputs.annotations["train"], inputs.classes, inputs.params["train"],
                                  inputs.images["train"])
-    common = dict(batch_size=args.batch_size, min_side=args.image_min_side, max_side=args.image_max_side)
+    from oid_retinanet.model.retinanet import backbone_feature_shapes
+
+    common = dict(batch_size=args.batch_size, min_side=args.image_min_side, max_side=args.image_max_side,
+                  feature_shapes=backbone_feature_shapes(args.backbone))
     train_gen = OpenImagesGenerator(train_data, GeneratorConfig(
         **common, steps=args.steps, seed=args.seed, group=args.group,
         transform=RandomTransform.ORIGINAL_FULL if args.random_transform else RandomTransform.FLIP_X,
