@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench serve clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# The web demo on http://127.0.0.1:8000/ (PORT=N for another port) with the model `make demo` trained, or
+# another: make serve SERVE_ARGS="--weights models/x.h5"
+serve: $(STAMP)
+	$(PY) -m oid_retinanet.serve $(SERVE_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output bench_output

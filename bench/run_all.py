@@ -96,9 +96,50 @@ def _inference(r: dict) -> list[str]:
             f"{100 * r['outside_model_share']:.1f}% of the time outside the model call |"]
 
 
+def _serve(r: dict) -> list[str]:
+    lat, mem, base = r["latency_ms"], r["server_rss_mb"], r["baseline_in_process"]
+    h, w = r["image_size"]
+    return [f"| Web demo load test ({r['requests']} requests from {r['clients']} clients on loopback, ResNet50 "
+            f"{r['classes']} classes, {w}x{h} JPEGs at {r['sides'][0]}/{r['sides'][1]}, flip TTA) "
+            f"| p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, {r['errors']} errors, "
+            f"{r['requests_per_s']:.2f} requests/s; server peak {mem['peak_vmhwm']:.0f} MB "
+            f"({mem['after_start']:.0f} MB after start) | same model and answer code in process, no HTTP: "
+            f"{base['images_per_s']:.2f} images/s | **{r['ratio_served_over_in_process']:.2f}x** its throughput |"]
+
+
+def _targets(r: dict) -> list[str]:
+    h, w = r["input"]
+    rows = []
+    for row in r["results"].values():
+        o, d, layout = row["ours"], row["dense"], row["dense_our_iou"]
+        rows.append(f"| Stage 3 anchor targets, {h}x{w} ({r['anchors']:,} anchors), {o['classes']} classes, batch "
+                    f"{o['batch']} | {o['images_per_s']:.1f} images/s, {o['bytes_per_image'] / 2**20:.1f} MB an image, "
+                    f"peak RSS +{o['peak_rss_mb'] - o['rss_before_mb']:.0f} MB over the imports "
+                    f"| keras-retinanet's dense one-hot targets: {d['images_per_s']:.1f} images/s, "
+                    f"{d['bytes_per_image'] / 2**20:.0f} MB an image, +{d['peak_rss_mb'] - d['rss_before_mb']:.0f} MB "
+                    f"(dense on our IoU: {layout['images_per_s']:.1f} images/s) "
+                    f"| **{row['speedup_vs_dense']:.1f}x** faster ({row['speedup_vs_dense_with_copy']:.1f}x with a "
+                    f"copy of the arrays), {row['bytes_ratio']:.0f}x fewer bytes; same targets: "
+                    f"{r['check']['equal']} |")
+    return rows
+
+
+def _train(r: dict) -> list[str]:
+    w, h = r["image_size"]
+    kind = "smoke run, " if r.get("quick") else ""
+    return [f"| Stage 3 training from scratch ({kind}{r['backend']}, {r['backbone']}, {r['classes']} demo classes, "
+            f"{r['train_images']} images {w}x{h}, batch {r['batch_size']}, lr {r['lr']:g}, {r['seconds_limit']:.0f} s) "
+            f"| {r['train_images_per_s']:.2f} images/s; validation mAP VOC-style {r['voc_map']:.3f}, OID "
+            f"{r['oid_map']:.3f} ({r['validation_images']} images) | the model step alone: "
+            f"{r['model_step_images_per_s']:.2f} images/s; the generator alone: {r['generator_images_per_s']:.0f} "
+            f"images/s | {100 * r['outside_model_share']:.0f}% of the time outside the model; generator "
+            f"**{r['ratio_generator_over_model_step']:.0f}x** the model step |"]
+
+
 ROWS = {"bench_levels": _levels, "bench_image_params": _image_params, "bench_expand": _expand,
         "bench_oid_map": _oid_map, "bench_ensemble": _ensemble,
-        "bench_model": _model, "bench_inference": _inference}
+        "bench_model": _model, "bench_inference": _inference, "bench_serve": _serve,
+        "bench_targets": _targets, "bench_train": _train, "bench_train_quick": _train}
 
 
 def _rows(name: str, result: dict) -> list[str]:

@@ -118,10 +118,40 @@ def _read_image_params(path: str) -> pd.DataFrame:
     return df.drop_duplicates("id", keep="last").set_index("id")
 
 
-def load_level_data(annotations_csv: str, classes_csv: str, image_params_csv: str, images_dir: str) -> LevelData:
-    """Read a level file with its class file and image parameters; keep the images found in `images_dir`."""
+def filter_classes(classes: ClassList, wanted: Sequence[str]) -> ClassList:
+    """The classes named in `wanted` (MIDs or display names), in that order (keras-retinanet's labels filter)."""
+    mids = []
+    for item in wanted:
+        if item in classes:
+            mids.append(item)
+            continue
+        found = [m for m, n in zip(classes.mids, classes.names) if n.lower() == item.strip().lower()]
+        if len(found) != 1:
+            raise OIDInputError(f"labels filter: {item!r} is {'ambiguous' if found else 'not a class'} of this level",
+                                classes.source)
+        mids.append(found[0])
+    if len(set(mids)) != len(mids):
+        raise OIDInputError(f"labels filter names a class twice: {list(wanted)}", classes.source)
+    return ClassList(tuple(mids), tuple(classes.name(m) for m in mids), source=f"{classes.source} (filtered)")
+
+
+def load_level_data(annotations_csv: str, classes_csv: str, image_params_csv: str, images_dir: str,
+                    labels_filter: Sequence[str] | None = None) -> LevelData:
+    """Read a level file with its class file and image parameters; keep the images found in `images_dir`.
+
+    labels_filter: train only these classes (MIDs or display names, in this order): boxes of other classes
+    are dropped, and so are the images left without boxes (images that had none stay, as negatives).
+    """
     classes = read_class_descriptions(classes_csv)
     df = read_boxes(annotations_csv, classes, allow_negatives=True)
+    if labels_filter:
+        classes = filter_classes(classes, labels_filter)
+        keep_rows = df["LabelName"].isin(set(classes.mids)).to_numpy()
+        had_boxes = set(df.loc[df["LabelName"] != "", "ImageID"])
+        still = set(df.loc[keep_rows, "ImageID"])
+        df = df[keep_rows | ((df["LabelName"] == "") & ~df["ImageID"].isin(had_boxes))]
+        log.info("labels filter: %d classes; %d images without a box of them dropped", len(classes),
+                 len(had_boxes - still))
     params = _read_image_params(image_params_csv)
     on_disk = index_images(images_dir)
 

@@ -19,10 +19,11 @@ keras-retinanet's (N, K + 1) layout (one-hot + state) for comparison.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from oid_retinanet.boxes.iou import pairwise_iou
+from oid_retinanet.boxes.iou import areas
 from oid_retinanet.model.decode import bbox_transform
 
 NEGATIVE_OVERLAP = 0.4
@@ -32,15 +33,104 @@ LABEL_IGNORE = -2
 STATE_IGNORE, STATE_NEGATIVE, STATE_POSITIVE = -1, 0, 1
 
 
+# Anchors per chunk of the IoU and of the regression targets: the work arrays of a chunk stay in the CPU cache,
+# and a chunk of consecutive anchors (a few rows of one pyramid level) meets only the boxes near those rows.
+_IOU_CHUNK = 4096
+_REGRESSION_CHUNK = 16384
+
+
+class _PreparedAnchors(NamedTuple):
+    """What `best_overlaps` needs of the anchors, computed once for every image of a batch."""
+
+    columns: tuple[np.ndarray, ...]  # x1, y1, x2, y2, each (N,) contiguous
+    areas: np.ndarray
+    starts: np.ndarray  # first anchor of each chunk
+    lows: np.ndarray  # (chunks, 2): the smallest x1 and y1 of each chunk's anchors
+    highs: np.ndarray  # (chunks, 2): the largest x2 and y2
+
+
+def _prepare(anchors: np.ndarray) -> _PreparedAnchors:
+    columns = tuple(np.ascontiguousarray(anchors[:, k]) for k in range(4))
+    starts = np.arange(0, len(anchors), _IOU_CHUNK)
+    lows = np.stack([np.minimum.reduceat(columns[k], starts) for k in (0, 1)], axis=1)
+    highs = np.stack([np.maximum.reduceat(columns[k], starts) for k in (2, 3)], axis=1)
+    return _PreparedAnchors(columns, areas(anchors), starts, lows, highs)
+
+
+def best_overlaps(anchors: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each anchor, the index of the box of highest IoU and that IoU: `argmax` and `max` of
+    `pairwise_iou(anchors, boxes)` along the boxes, bit for bit (the first box on ties, so 0 where no box overlaps).
+
+    anchors (N, 4), boxes (M, 4), x1, y1, x2, y2 in the same units.
+    """
+    anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
+    return _best_overlaps(_prepare(anchors), boxes)
+
+
+def _best_overlaps(prepared: _PreparedAnchors, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # The (N, M) matrix is never built: anchors go in chunks, and a chunk is compared only with the boxes that
+    # reach its anchors' bounding box (the others have IoU 0 with all of them), in float64 with the operations
+    # of `pairwise_iou` in the same order, so every IoU is the same number.
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    ax1, ay1, ax2, ay2 = prepared.columns
+    n = len(ax1)
+    best = np.zeros(n, np.intp)
+    best_iou = np.zeros(n, np.float64)
+    if n == 0 or len(boxes) == 0:
+        return best, best_iou
+    box_areas = areas(boxes)
+    # a box and an anchor intersect only if bx1 < ax2 and ax1 < bx2 (and the same in y)
+    reach = ((boxes[None, :, 0] < prepared.highs[:, 0:1]) & (boxes[None, :, 2] > prepared.lows[:, 0:1])
+             & (boxes[None, :, 1] < prepared.highs[:, 1:2]) & (boxes[None, :, 3] > prepared.lows[:, 1:2]))
+    buffers = np.empty((3, max(1, int(reach.sum(axis=1).max())), _IOU_CHUNK), np.float64)
+    for start, near in zip(prepared.starts, reach):
+        idx = np.flatnonzero(near)
+        if not idx.size:
+            continue
+        end = min(n, start + _IOU_CHUNK)
+        chunk = slice(start, end)
+        width, height, tmp = buffers[:, :idx.size, :end - start]
+        b = boxes[idx]
+        # (boxes, anchors), the anchors along the contiguous axis
+        np.minimum(ax2[None, chunk], b[:, 2:3], out=width)
+        np.subtract(width, np.maximum(ax1[None, chunk], b[:, 0:1], out=tmp), out=width)
+        np.maximum(width, 0.0, out=width)
+        np.minimum(ay2[None, chunk], b[:, 3:4], out=height)
+        np.subtract(height, np.maximum(ay1[None, chunk], b[:, 1:2], out=tmp), out=height)
+        np.maximum(height, 0.0, out=height)
+        inter = np.multiply(width, height, out=width)
+        union = np.add(prepared.areas[None, chunk], box_areas[idx, None], out=height)
+        np.subtract(union, inter, out=union)
+        empty = None if union.min() > 0 else np.logical_not(union > 0)  # min() is NaN if any is
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.divide(inter, union, out=width)
+        if empty is not None:
+            iou[empty] = 0.0
+        if idx.size == 1:
+            top = np.zeros(end - start, np.intp)
+        elif idx.size == 2:
+            top = (iou[1] > iou[0]).astype(np.intp)
+        else:
+            top = iou.argmax(axis=0)
+        value = iou.max(axis=0)
+        # where no box overlaps, argmax over all boxes is box 0; otherwise the first maximum is among `idx`
+        best[chunk] = np.where(value > 0, idx[top], 0)
+        best_iou[chunk] = value
+    return best, best_iou
+
+
 def compute_gt_annotations(anchors: np.ndarray, boxes: np.ndarray, negative_overlap: float = NEGATIVE_OVERLAP,
                            positive_overlap: float = POSITIVE_OVERLAP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(positive mask, ignore mask, index of the best box) per anchor; anchors (N, 4), boxes (M, 4), M >= 1."""
-    overlaps = pairwise_iou(anchors, boxes)
-    best = np.argmax(overlaps, axis=1)
-    best_overlap = overlaps[np.arange(len(anchors)), best]
+    best, best_overlap = best_overlaps(anchors, boxes)
+    return _states(best_overlap, negative_overlap, positive_overlap) + (best,)
+
+
+def _states(best_overlap: np.ndarray, negative_overlap: float, positive_overlap: float
+            ) -> tuple[np.ndarray, np.ndarray]:
     positive = best_overlap >= positive_overlap
     ignore = (best_overlap > negative_overlap) & ~positive
-    return positive, ignore, best
+    return positive, ignore
 
 
 def anchor_targets(anchors: np.ndarray, image_shapes: Sequence[tuple[int, int]], boxes: Sequence[np.ndarray],
@@ -52,24 +142,36 @@ def anchor_targets(anchors: np.ndarray, image_shapes: Sequence[tuple[int, int]],
     before padding. boxes[i]: (M_i, 4) in pixels of the network input, labels[i]: (M_i,) class indices.
     Classification holds the class index of positive anchors, LABEL_NEGATIVE or LABEL_IGNORE.
     """
-    anchors = np.asarray(anchors, np.float64)
+    anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
     n = len(anchors)
     regression = np.zeros((len(image_shapes), n, 5), np.float32)
-    classification = np.full((len(image_shapes), n, 1), LABEL_NEGATIVE, np.float32)
+    classification = np.empty((len(image_shapes), n, 1), np.float32)
+    prepared = _prepare(anchors)
+    anchors_by_column = np.asfortranarray(anchors)  # bbox_transform runs along contiguous columns
     centres_x = (anchors[:, 0] + anchors[:, 2]) / 2
     centres_y = (anchors[:, 1] + anchors[:, 3]) / 2
+    outside_by_shape: dict[tuple[int, int], np.ndarray] = {}
     for i, (shape, img_boxes, img_labels) in enumerate(zip(image_shapes, boxes, labels)):
         img_boxes = np.asarray(img_boxes, np.float64).reshape(-1, 4)
-        state = regression[i, :, 4]
+        shape = (shape[0], shape[1])
+        if shape not in outside_by_shape:
+            outside_by_shape[shape] = (centres_x >= shape[1]) | (centres_y >= shape[0])
+        codes = np.full(n, LABEL_NEGATIVE, np.float32)
         if len(img_boxes):
-            positive, ignore, best = compute_gt_annotations(anchors, img_boxes, negative_overlap, positive_overlap)
-            state[ignore] = STATE_IGNORE
-            state[positive] = STATE_POSITIVE
-            regression[i, :, :4] = bbox_transform(anchors, img_boxes[best])
-            classification[i, positive, 0] = np.asarray(img_labels)[best[positive]]
-        outside = (centres_x >= shape[1]) | (centres_y >= shape[0])
-        state[outside] = STATE_IGNORE
-        classification[i, state == STATE_IGNORE, 0] = LABEL_IGNORE
+            best, best_overlap = _best_overlaps(prepared, img_boxes)
+            positive, ignore = _states(best_overlap, negative_overlap, positive_overlap)
+            state = np.subtract(positive, ignore, dtype=np.float32)  # STATE_POSITIVE, STATE_IGNORE or 0
+            matched = img_boxes.T.take(best, axis=1).T  # (N, 4), by column like the anchors
+            for start in range(0, n, _REGRESSION_CHUNK):  # chunks: the temporaries stay in the cache
+                part = slice(start, start + _REGRESSION_CHUNK)
+                regression[i, part, :4] = bbox_transform(anchors_by_column[part], matched[part])
+            codes[positive] = np.asarray(img_labels)[best[positive]]
+        else:
+            state = np.zeros(n, np.float32)
+        state[outside_by_shape[shape]] = STATE_IGNORE
+        codes[state == STATE_IGNORE] = LABEL_IGNORE
+        regression[i, :, 4] = state
+        classification[i, :, 0] = codes
     return regression, classification
 
 

@@ -49,7 +49,6 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from oid_retinanet.errors import OIDInputError
@@ -58,7 +57,7 @@ from oid_retinanet.files import atomic_path, atomic_write_text
 from oid_retinanet.oid.annotations import read_csv_checked, read_image_labels
 from oid_retinanet.oid.classes import read_class_descriptions
 from oid_retinanet.oid.predictions import HEADER as KAGGLE_HEADER
-from oid_retinanet.oid.predictions import ImagePredictions
+from oid_retinanet.oid.predictions import ImagePredictions, PredictionBlock, iter_prediction_blocks
 
 log = logging.getLogger(__name__)
 
@@ -395,81 +394,40 @@ def iter_prediction_chunks(path: str, block_bytes: int = 1 << 22, progress=None)
     `block_bytes` of text each, so memory does not grow with the file. progress: called with bytes read.
 
     Malformed input raises OIDInputError naming the row. Box validity and labels are not checked here: the
-    evaluators drop (and count) what the official evaluation drops.
+    evaluators drop (and count) what the official evaluation drops (NaN scores included).
     """
-    kind = prediction_format(path)
+    if prediction_format(path) == "kaggle":
+        for block in iter_prediction_blocks(path, block_bytes, finite=False, progress=progress):
+            yield _kaggle_chunk(block)
+        return
+    str_type = pa.dictionary(pa.int32(), pa.string())
+    types = {"ImageID": str_type, "LabelName": str_type}
+    types.update({c: pa.float64() for c in OFFICIAL_COLUMNS[2:]})
     read_opts = pacsv.ReadOptions(block_size=block_bytes, use_threads=False)  # threads: read-ahead, more memory
-    if kind == "kaggle":
-        convert = pacsv.ConvertOptions(column_types={"ImageId": pa.string(), "PredictionString": pa.string()},
-                                       strings_can_be_null=False)
-    else:
-        str_type = pa.dictionary(pa.int32(), pa.string())
-        types = {"ImageID": str_type, "LabelName": str_type}
-        types.update({c: pa.float64() for c in OFFICIAL_COLUMNS[2:]})
-        convert = pacsv.ConvertOptions(column_types=types, include_columns=list(OFFICIAL_COLUMNS),
-                                       strings_can_be_null=False)
+    convert = pacsv.ConvertOptions(column_types=types, include_columns=list(OFFICIAL_COLUMNS),
+                                   strings_can_be_null=False)
     # a native file (not a Python file object, which pyarrow's reader may release from its own thread)
     with pa.OSFile(str(path)) as source:
         try:
             reader = pacsv.open_csv(source, read_options=read_opts, convert_options=convert)
-            line, done = 2, 0
+            done = 0
             for batch in reader:
                 if progress is not None:
                     progress(source.tell() - done)  # the reader reads ahead: approximate
                     done = source.tell()
-                if batch.num_rows == 0:
-                    continue
-                if kind == "kaggle":
-                    yield _kaggle_chunk(batch, path, line)
-                else:
+                if batch.num_rows:
                     yield _official_chunk(batch)
-                line += batch.num_rows
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            _raise_located(path, kind, exc)
+            _raise_located(path, exc)
 
 
-def _kaggle_chunk(batch: pa.RecordBatch, path: str, first_line: int) -> DetectionChunk:
-    ids = batch.column("ImageId")
-    strings = batch.column("PredictionString")
-    # trim first: pyarrow 26's utf8_split_whitespace intermittently returned a token with the trailing space
-    # glued on (e.g. '0.7580 ') for strings ending in whitespace, as the original writer's strings do
-    tokens = pc.ascii_split_whitespace(pc.utf8_trim_whitespace(strings))
-    flat = pc.list_flatten(tokens)
-    parent = pc.list_parent_indices(tokens)
-    nonempty = pc.greater(pc.binary_length(flat), 0)
-    flat = flat.filter(nonempty)
-    parent = parent.filter(nonempty).to_numpy()
-    counts = np.bincount(parent, minlength=len(strings)) if len(parent) else np.zeros(len(strings), np.int64)
-    bad = np.flatnonzero(counts % 6)
-    if bad.size:
-        raise OIDInputError(f"bad prediction string: {counts[bad[0]]} tokens is not a multiple of 6", path,
-                            first_line + int(bad[0]))
-    n = len(flat) // 6
-    grid = np.arange(n * 6, dtype=np.int64).reshape(n, 6)
-    labels = flat.take(pa.array(grid[:, 0])).dictionary_encode()
-    try:
-        numbers = pc.cast(flat.take(pa.array(grid[:, 1:].ravel())), pa.float64()).to_numpy()
-    except pa.ArrowInvalid:
-        _raise_bad_kaggle_number(strings, path, first_line)
-        raise
-    numbers = numbers.reshape(n, 5)
-    return DetectionChunk(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object),
-                          np.repeat(np.arange(len(strings)), counts // 6),
+def _kaggle_chunk(block: PredictionBlock) -> DetectionChunk:
+    """The detections of a block of Kaggle rows (oid.predictions' reader: tokens checked, numbers parsed)."""
+    labels = block.mids.dictionary_encode()
+    return DetectionChunk(np.asarray(block.ids.to_numpy(zero_copy_only=False), dtype=object), block.box_row,
                           np.asarray(labels.dictionary.to_numpy(zero_copy_only=False), dtype=object),
                           labels.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-                          np.ascontiguousarray(numbers[:, 0]), np.ascontiguousarray(numbers[:, 1:]))
-
-
-def _raise_bad_kaggle_number(strings: pa.Array, path: str, first_line: int) -> None:
-    for i, s in enumerate(strings.to_pylist()):
-        tokens = s.split()
-        for b in range(0, len(tokens), 6):
-            for name, tok in zip(("score", "XMin", "YMin", "XMax", "YMax"), tokens[b + 1:b + 6]):
-                try:
-                    float(tok)
-                except ValueError:
-                    raise OIDInputError(f"{name} of box {b // 6 + 1} is not a number: {tok!r}", path,
-                                        first_line + i) from None
+                          np.ascontiguousarray(block.numbers[:, 0]), np.ascontiguousarray(block.numbers[:, 1:]))
 
 
 def _dict_column(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -486,8 +444,8 @@ def _official_chunk(batch: pa.RecordBatch) -> DetectionChunk:
     return DetectionChunk(img_names, img_codes, lab_names, lab_codes, num["Score"].astype(np.float64), boxes)
 
 
-def _raise_located(path: str, kind: str, exc: Exception) -> None:
-    """Find the first bad row with the csv module (slow, only after pyarrow failed) and name it."""
+def _raise_located(path: str, exc: Exception) -> None:
+    """Find the first bad row of an official-layout file with the csv module (slow, only after pyarrow failed)."""
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader)]
@@ -497,18 +455,12 @@ def _raise_located(path: str, kind: str, exc: Exception) -> None:
                 continue
             if len(row) != len(header):
                 raise OIDInputError(f"expected {len(header)} columns, got {len(row)}", path, line) from None
-            if kind == "kaggle":
-                _raise_bad_kaggle_number(pa.array([row[1]]), path, line)
-                if len(row[1].split()) % 6:
-                    raise OIDInputError(f"bad prediction string: {len(row[1].split())} tokens is not a multiple "
-                                        "of 6", path, line) from None
-            else:
-                for c in OFFICIAL_COLUMNS[2:]:
-                    value = row[at[c]].strip()
-                    try:
-                        float(value) if value else None
-                    except ValueError:
-                        raise OIDInputError(f"{c} is not a number: {value!r}", path, line) from None
+            for c in OFFICIAL_COLUMNS[2:]:
+                value = row[at[c]].strip()
+                try:
+                    float(value) if value else None
+                except ValueError:
+                    raise OIDInputError(f"{c} is not a number: {value!r}", path, line) from None
     raise OIDInputError(f"malformed CSV: {str(exc).strip()}", path) from None
 
 

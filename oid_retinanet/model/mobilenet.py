@@ -25,6 +25,7 @@ from oid_retinanet.data.preprocess import CAFFE_MEAN_BGR
 
 ALPHAS = ("0.25", "0.5", "0.75", "1.0")
 RESOLUTIONS = ("128", "160", "192", "224")
+BN_MOMENTUM = 0.9
 FEATURE_LAYERS = ("conv_pw_5_relu", "conv_pw_11_relu", "conv_pw_13_relu")
 _NAME = re.compile(r"^mobilenet(128|160|192|224)_(0\.25|0\.5|0\.75|1\.0)$")
 _LAYER = re.compile(r"^(conv1|conv1_bn|conv1_relu|conv_(dw|pw|pad)_\d+\w*|caffe_to_tf)$")
@@ -58,10 +59,17 @@ class CaffeToTF(keras.layers.Layer):
         return (inputs + mean) / 127.5 - 1.0
 
 
-def mobilenet_features(inputs, alpha: float) -> dict[str, object]:
-    """Apply MobileNet v1 (width alpha, random weights) to caffe-preprocessed `inputs`; return C3..C5."""
+def mobilenet_features(inputs, alpha: float, bn_momentum: float = BN_MOMENTUM) -> dict[str, object]:
+    """Apply MobileNet v1 (width alpha, random weights) to caffe-preprocessed `inputs`; return C3..C5.
+
+    bn_momentum: of the moving statistics of its (trained) batch normalisation; Keras' 0.99 needs hundreds of
+    steps before the statistics inference uses mean anything, 0.9 about fifty (only training is affected).
+    """
     x = CaffeToTF(name="caffe_to_tf")(inputs)
     net = keras.applications.MobileNet(input_tensor=x, alpha=alpha, include_top=False, weights=None)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
     return {f"C{k + 3}": net.get_layer(name).output for k, name in enumerate(FEATURE_LAYERS)}
 
 

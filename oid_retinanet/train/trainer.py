@@ -8,7 +8,8 @@ beside them, `OUTPUT_PATH/{train,validation}_image_params.csv`, and the images u
 
 Written to --snapshot-path (default MODELS_PATH/snapshots/): a snapshot after every epoch
 (`resnet50_oid_level_1_05.keras`: model, optimizer state and compile settings), `training_log.csv` (loss and
-mAP per epoch, appended across resumed runs), `training_config.json` (the resolved settings) and
+mAP per epoch, appended across resumed runs), `training_config.json` (the resolved settings), `classes.csv`
+(the model's classes in output order: `--labels` of retinanet_inference_example.py) and
 `mAP_stat_<backbone>.txt` (per-class AP of the last evaluation). `--snapshot FILE` resumes at the epoch in its
 name with its optimizer state (or only the weights, from a keras-retinanet .h5); `--resume` picks the newest
 snapshot in --snapshot-path.
@@ -34,6 +35,7 @@ LEARNING_RATE = 1e-5
 CLIPNORM = 0.001
 LR_FACTOR, LR_PATIENCE, LR_MIN_DELTA, LR_MIN = 0.9, 2, 1e-4, 1e-7
 INTENSITY_CHANGE = (-30, 30)
+CLASSES_FILE = "classes.csv"  # the model's classes in output order, for --labels of inference
 MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
@@ -60,6 +62,9 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
                    help="resnet50, resnet101, resnet152, or a MobileNet: mobilenet{128,160,192,224}_{0.25,0.5,0.75,"
                         "1.0} (small and fast, e.g. to train from scratch on a CPU) (default: %(default)s)")
     p.add_argument("--level", default="1", help="level to train: N reads level_N_files/ (default: %(default)s)")
+    p.add_argument("--labels-filter", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   help="train only these classes: comma-separated display names or MIDs, in model output order "
+                        "(keras-retinanet's oid option; exact names)")
     p.add_argument("--dataset-path", default=paths["DATASET_PATH"], help="images (default: %(default)s)")
     p.add_argument("--output-path", default=paths["OUTPUT_PATH"],
                    help="level files and image parameters (default: %(default)s)")
@@ -296,10 +301,11 @@ def train(args: argparse.Namespace):
 
     from oid_retinanet.data.augment import RandomTransform
     from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
+    from oid_retinanet.oid.classes import write_class_descriptions
     from oid_retinanet.train import callbacks as cb
 
     train_data = load_level_data(inputs.annotations["train"], inputs.classes, inputs.params["train"],
-                                 inputs.images["train"])
+                                 inputs.images["train"], args.labels_filter)
     from oid_retinanet.model.retinanet import backbone_feature_shapes
 
     common = dict(batch_size=args.batch_size, min_side=args.image_min_side, max_side=args.image_max_side,
@@ -322,7 +328,7 @@ def train(args: argparse.Namespace):
     callbacks = []
     if args.evaluation:
         val_data = load_level_data(inputs.annotations["validation"], inputs.classes, inputs.params["validation"],
-                                   inputs.images["validation"])
+                                   inputs.images["validation"], args.labels_filter)
         val_gen = OpenImagesGenerator(val_data, GeneratorConfig(**common, sampling="sequential"))
         callbacks.append(cb.evaluation_callback(val_gen, args.eval_metric, os.path.join(
             args.snapshot_path, f"mAP_stat_{args.backbone}.txt")))
@@ -335,6 +341,8 @@ def train(args: argparse.Namespace):
     if args.snapshots:
         callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level))
     _write_config(args, inputs, train_data.num_classes, initial_epoch)
+    write_class_descriptions(os.path.join(args.snapshot_path, CLASSES_FILE),
+                             zip(train_data.classes.mids, train_data.classes.names))
     log.info("training %s on level %s: %d images, %d classes, %d epochs x %d steps of %d, sides %d/%d",
              args.backbone, args.level, len(train_data), train_data.num_classes, args.epochs, args.steps,
              args.batch_size, args.image_min_side, args.image_max_side)

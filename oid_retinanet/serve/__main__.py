@@ -1,0 +1,198 @@
+"""`make serve`: the web demo on http://127.0.0.1:8000 (port from PORT, or --port).
+
+The model is --weights (a keras-retinanet .h5, training or converted, or one of ours, .keras), else the
+environment variable OID_SERVE_WEIGHTS, else the model `make demo` trained (`serve_weights` in
+demo_output/summary.json). Its classes are --labels / OID_SERVE_LABELS (MID,DisplayName per line in output
+order), else the demo's `serve_labels` when serving the demo's model, else the released models' list for 443
+or 500 classes. Images are resized as stage 4 resizes them (--min-side/--max-side, default from the backbone
+as in retinanet_inference_example.py) and the parent classes come from stage 5's expansion (the 2018 rule,
+or --corrected-parents). The model is loaded once; requests queue for it, and those of the same input shape
+share a model call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+if str(REPO) not in sys.path:  # a00_utils_and_constants lives at the repository root, beside the scripts
+    sys.path.insert(0, str(REPO))
+
+import a00_utils_and_constants as C  # noqa: E402
+from oid_retinanet.cli import fraction, positive_int, quiet_native_stderr, script_main, setup_logging  # noqa: E402
+from oid_retinanet.errors import OIDInputError  # noqa: E402
+
+log = logging.getLogger("oid_retinanet.serve")
+
+DEMO_SUMMARY = REPO / "demo_output" / "summary.json"
+DEFAULT_PORT = 8000
+
+
+def _default_port() -> int:
+    text = os.environ.get("PORT", "")
+    if not text:
+        return DEFAULT_PORT
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise OIDInputError(f"PORT={text!r} is not a port number")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from oid_retinanet.predict.ensemble import MIRROR_DEFAULTS
+    from oid_retinanet.serve.app import DEFAULT_DECODE_WORKERS, DEFAULT_MAX_PENDING, DEFAULT_MAX_UPLOAD_BYTES
+    from oid_retinanet.serve.service import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
+
+    p = argparse.ArgumentParser(prog="python -m oid_retinanet.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", help="model file (default: OID_SERVE_WEIGHTS, else the demo's model)")
+    p.add_argument("--labels", metavar="FILE", help="the model's classes, MID,DisplayName per line in output order "
+                                                    "(default: OID_SERVE_LABELS, the demo's, or the released list)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, help=f"port (default: PORT, else {DEFAULT_PORT})")
+    p.add_argument("--min-side", type=positive_int,
+                   help="resize: short side (default: the backbone's in stage 4: 768 for resnet50/101, 600 for 152)")
+    p.add_argument("--max-side", type=positive_int,
+                   help="resize: long side at most (default: the backbone's: 1024 for resnet50/101, 800 for 152)")
+    p.add_argument("--corrected-parents", action="store_true",
+                   help="parent classes keyed by MID, IoU without the '+1' (stage 5's --corrected)")
+    p.add_argument("--skip-box-thr", type=fraction, default=MIRROR_DEFAULTS["skip_box_thr"],
+                   help="drop boxes scoring below this before the mirror merge (default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+                   help="largest upload in MB (default: %(default)g)")
+    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+                   help="largest image in megapixels, checked before decoding (default: %(default)g)")
+    p.add_argument("--max-pending", type=positive_int, default=DEFAULT_MAX_PENDING,
+                   help="requests in progress at once; more are answered 503 (default: %(default)s)")
+    p.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
+                   help="images of one shape sharing a model call (default: %(default)s)")
+    p.add_argument("--decode-workers", type=positive_int, default=DEFAULT_DECODE_WORKERS,
+                   help="uploads decoded at once (default: %(default)s)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false", help="do not run the model before serving")
+    p.add_argument("--demo-summary", default=str(DEMO_SUMMARY), help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.port is None:
+        args.port = _default_port()
+    if not 0 <= args.port < 65536:
+        p.error(f"--port {args.port} is not a port number")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        p.error("--max-upload-mb and --max-megapixels must be positive")
+    return args
+
+
+def resolve_model_files(weights: str | None, labels: str | None, summary_path: str | os.PathLike
+                        ) -> tuple[str, str | None, str]:
+    """(weights, labels or None, where they came from): the flags, else OID_SERVE_WEIGHTS / OID_SERVE_LABELS,
+    else `serve_weights` / `serve_labels` of the demo's summary.json. Raises OIDInputError when there is none.
+
+    Relative paths in the summary are taken from the current folder, else from the summary's folder.
+    """
+    labels = labels or os.environ.get("OID_SERVE_LABELS") or None
+    if weights:
+        return weights, labels, "--weights"
+    if os.environ.get("OID_SERVE_WEIGHTS"):
+        return os.environ["OID_SERVE_WEIGHTS"], labels, "OID_SERVE_WEIGHTS"
+    summary_path = Path(summary_path)
+    advice = "run `make demo` (it trains a small model) or pass --weights FILE (or set OID_SERVE_WEIGHTS)"
+    if not summary_path.is_file():
+        raise OIDInputError(f"no model to serve: {advice}")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OIDInputError(f"cannot read the demo summary ({exc}); {advice}", str(summary_path)) from None
+    if not isinstance(summary, dict) or not summary.get("serve_weights"):
+        raise OIDInputError(f"no serve_weights (the demo has not trained a model yet): {advice}", str(summary_path))
+
+    def located(path: str) -> str:
+        if Path(path).is_absolute() or Path(path).exists():
+            return path
+        return str(summary_path.parent / path)
+
+    demo_labels = summary.get("serve_labels")
+    return (located(summary["serve_weights"]), labels or (located(demo_labels) if demo_labels else None),
+            str(summary_path))
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, so a busy port is one line before the model is loaded."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OIDInputError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another with --port or PORT") \
+            from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@script_main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    weights, labels_csv, source = resolve_model_files(args.weights, args.labels, args.demo_summary)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(2, "No such file or directory", weights)
+    if labels_csv and not os.path.exists(labels_csv):
+        raise FileNotFoundError(2, "No such file or directory", labels_csv)
+    sock = listen(args.host, args.port)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native_stderr():
+        from oid_retinanet.model import h5  # Keras and its backend: seconds, and noisy on stderr
+    import uvicorn
+
+    from oid_retinanet.predict.inference import default_sides, model_backbone, model_num_classes
+    from oid_retinanet.serve.app import Limits, create_app
+    from oid_retinanet.serve.service import (
+        DetectionService,
+        MergeSettings,
+        ModelInfo,
+        load_parent_expansion,
+        model_labels,
+    )
+
+    log.info("loading %s (from %s)", weights, source)
+    with quiet_native_stderr():  # the backend's device probing
+        model = h5.load_model(weights, inference=True)
+    backbone, num_classes = model_backbone(model), model_num_classes(model)
+    labels = model_labels(labels_csv, num_classes, C.CLASS_DESCRIPTIONS_CSV)
+    min_side, max_side = default_sides(backbone)
+    min_side, max_side = args.min_side or min_side, args.max_side or max_side
+    parents = load_parent_expansion(labels, C.CLASS_DESCRIPTIONS_500_CSV, C.HIERARCHY_JSON, C.CLASS_DESCRIPTIONS_CSV,
+                                    corrected=args.corrected_parents)
+    info = ModelInfo(Path(weights).name, backbone, min_side, max_side, labels.source)
+    service = DetectionService(model, labels, info, parents, MergeSettings(skip_box_thr=args.skip_box_thr),
+                               max_batch=args.max_batch)
+    log.info("%s: %s, %d classes, sides %d/%d", weights, backbone, num_classes, min_side, max_side)
+    service.start(warmup=args.warmup)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
+                    max_pending=args.max_pending, decode_workers=args.decode_workers)
+    app = create_app(service, limits)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving the web demo on http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level="debug" if args.verbose else "warning", server_header=False,
+                            timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the normal way to stop
+        pass
+    finally:
+        service.stop()
+        sock.close()
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

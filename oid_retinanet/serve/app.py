@@ -1,0 +1,216 @@
+"""The web demo's FastAPI application: the page, the detection API and the health endpoint.
+
+`POST /api/detect` takes an image as the file field `image` of a multipart form (what the page sends) or as
+the raw request body (`curl --data-binary @photo.jpg`). Query parameters: `flip` (flip TTA, default true),
+`parents` (add the parent classes, default true), `min_score` (drop boxes scoring lower, default 0). The
+answer:
+
+    {"image": {"width", "height", "format", "input": [h, w] of the network input},
+     "flip": bool,
+     "detections": [{"label": model output index, "mid", "name", "score",
+                     "box": [x1, y1, x2, y2] normalised to [0, 1], "box_px": the same in the upload's pixels}],
+     "parents": [the same, "label": null],
+     "timing_ms": {"decode", "queue", "model", "boxes", "total"}, "batch_images": images in that model call}
+
+with the boxes sorted by score, highest first. Refusals are JSON `{"detail": message}`: 400 an empty request
+or a form without a file, 413 an upload over the byte limit (refused from its Content-Length, or counted
+while it streams, never read whole), 415 not an image, 422 an image over the pixel limit, truncated or
+damaged, 503 too many requests in progress (with Retry-After). `GET /api/health` describes the model and the
+load. Uploads are held in memory (multipart parts over 1 MB spool to an anonymous temporary file); the
+client's file name is never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+
+from oid_retinanet.serve.service import DEFAULT_MAX_PIXELS, DetectionService, RequestError, prepare_upload
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PENDING = 16
+DEFAULT_DECODE_WORKERS = 2
+# The page loads only its own files; the uploaded image is shown from a blob: URL.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request and the server as a whole may take.
+
+    max_upload_bytes: request body size. max_pixels: image size, from its header. max_pending: requests in
+    progress at once (reading, decoding, waiting for or in the model); more get 503. decode_workers: uploads
+    decoded at once (a 40-megapixel image takes about 0.7 GB while it is decoded and preprocessed).
+    """
+
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pending: int = DEFAULT_MAX_PENDING
+    decode_workers: int = DEFAULT_DECODE_WORKERS
+
+
+class UploadTooLarge(HTTPException):
+    """The request body passed the byte limit while it was streaming in."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, _too_large_message(limit))
+
+
+def _too_large_message(limit: int) -> str:
+    return f"upload larger than this server's limit of {limit / 2**20:g} MB"
+
+
+class UploadLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes without reading them whole.
+
+    A declared Content-Length over the limit is answered 413 at once (a client that sent `Expect:
+    100-continue` then never sends the body); a body without one is counted as it streams and the read that
+    passes the limit raises UploadTooLarge (413). Either way uvicorn reads and discards the rest of the body
+    after the answer, without keeping it, so the client that sends it whole still reads the 413 and the
+    connection stays usable.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            status, detail = (413, _too_large_message(self.limit)) if length.isdigit() else \
+                (400, "bad Content-Length header")
+            await JSONResponse({"detail": detail}, status)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise UploadTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+class Admission:
+    """Counts the requests in progress and refuses those past `capacity` (event-loop side, no lock needed)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_progress = 0
+        self.refused = 0
+
+    @contextlib.contextmanager
+    def slot(self):
+        if self.in_progress >= self.capacity:
+            self.refused += 1
+            raise RequestError(503, f"busy: {self.in_progress} requests in progress, the most this server takes "
+                                    "at once; retry in a moment", headers={"Retry-After": "1"})
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+
+async def read_upload(request: Request) -> bytes:
+    """The uploaded file's bytes: the multipart field `image` (or the form's only file), or the raw body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=16)
+        try:
+            upload = form.get("image")
+            if upload is None:
+                files = [v for v in form.values() if isinstance(v, UploadFile)]
+                upload = files[0] if len(files) == 1 else None
+            if not isinstance(upload, UploadFile):
+                raise RequestError(400, 'no image in the form: send the file as the field "image"')
+            data = await upload.read()
+        finally:
+            await form.close()
+    else:
+        data = await request.body()
+    if not data:
+        raise RequestError(400, 'empty request: send an image file as the multipart field "image" or as the '
+                                'request body')
+    return data
+
+
+def create_app(service: DetectionService, limits: Limits = Limits()) -> FastAPI:
+    """The application serving `service` (started by the app's lifespan if it is not yet)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await anyio.to_thread.run_sync(service.start)
+        yield
+
+    # no Swagger page: it loads its scripts from a CDN, which the page's machine may not reach
+    app = FastAPI(title="oid-retinanet web demo", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.add_middleware(UploadLimit, limit=limits.max_upload_bytes)
+    admission = Admission(limits.max_pending)
+    decoders = anyio.CapacityLimiter(limits.decode_workers)
+    app.state.service, app.state.limits, app.state.admission = service, limits, admission
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed: %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/api/health")
+    async def health() -> JSONResponse:
+        ok = service.ready
+        body = {"status": "ok" if ok else "unavailable", "model": service.describe(),
+                "limits": {"max_upload_mb": limits.max_upload_bytes / 2**20, "max_megapixels": limits.max_pixels / 1e6,
+                           "max_pending": limits.max_pending, "max_batch": service.worker.max_batch},
+                "load": {"in_progress": admission.in_progress, "waiting_for_model": service.worker.waiting,
+                         "refused": admission.refused, "model_calls": service.worker.calls}}
+        return JSONResponse(body, 200 if ok else 503)
+
+    @app.post("/api/detect")
+    async def detect(request: Request, flip: bool = True, parents: bool = True,
+                     min_score: float = Query(0.0, ge=0.0, le=1.0)) -> JSONResponse:
+        start = time.perf_counter()
+        with admission.slot():
+            if not service.ready:
+                raise RequestError(503, "the model is not ready", headers={"Retry-After": "1"})
+            data = await read_upload(request)
+            image = await anyio.to_thread.run_sync(prepare_upload, data, service.min_side, service.max_side,
+                                                   limits.max_pixels, limiter=decoders)
+            del data
+            output = await asyncio.wrap_future(service.submit(image, flip))
+            result = await anyio.to_thread.run_sync(service.answer, image, output, flip, parents, min_score)
+        result["timing_ms"]["total"] = round(1000 * (time.perf_counter() - start), 1)
+        return JSONResponse(result)
+
+    return app
