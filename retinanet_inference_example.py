@@ -82,20 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _labels(args: argparse.Namespace, num_classes: int | None):
     """The model's class list: --labels, or the released list for its class count."""
-    from oid_retinanet.oid.classes import ClassList, read_class_descriptions
+    from oid_retinanet.oid.levels import model_class_list
 
-    if args.labels:
-        labels = read_class_descriptions(args.labels)
-    elif num_classes is None:
-        raise OIDInputError("--labels is needed with --from-cache and no --weights")
-    else:
-        from oid_retinanet.oid.levels import released_class_list
-
-        rows = released_class_list(num_classes, read_class_descriptions(C.CLASS_DESCRIPTIONS_CSV))
-        labels = ClassList(tuple(m for m, _ in rows), tuple(n for _, n in rows), source="released class list")
-    if num_classes is not None and len(labels) != num_classes:
-        raise OIDInputError(f"{len(labels)} classes, but the model has {num_classes}", labels.source)
-    return labels
+    return model_class_list(args.labels, num_classes, C.CLASS_DESCRIPTIONS_CSV)
 
 
 @script_main

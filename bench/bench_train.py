@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from oid_retinanet.evaluate import EvalClasses, evaluate_predictions, read_ground_truth
     from oid_retinanet.model.retinanet import backbone_feature_shapes, retinanet
     from oid_retinanet.train.callbacks import predict_generator, validation_ground_truth
-    from oid_retinanet.train.trainer import INTENSITY_CHANGE, _compile
+    from oid_retinanet.train.trainer import INTENSITY_CHANGE, compile_model
 
     keras.utils.set_random_seed(args.seed)
     work = Path(args.out_dir).resolve() / "train_bench"
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = backbone_feature_shapes(args.backbone)
     except ValueError as exc:
         p.error(str(exc))
-    _compile(model, args.lr)
+    compile_model(model, args.lr)
     common = dict(batch_size=args.batch_size, min_side=args.min_side, max_side=args.max_side, feature_shapes=shapes)
     config = GeneratorConfig(**common, transform=RandomTransform.FLIP_X, intensity=INTENSITY_CHANGE, steps=100,
                              seed=args.seed)

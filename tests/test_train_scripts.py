@@ -99,7 +99,7 @@ def test_a_few_images_overfit(tmp_path):
 
     from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
     from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
-    from oid_retinanet.train.trainer import _compile
+    from oid_retinanet.train.trainer import compile_model
 
     level = make_tiny_level(tmp_path, n_train=4, n_validation=2)
     data = load_level_data(**level.inputs("train"))
@@ -107,7 +107,7 @@ def test_a_few_images_overfit(tmp_path):
                                                     sampling="sequential"))
     keras.utils.set_random_seed(0)
     model = retinanet(data.num_classes)
-    _compile(model, 1e-4)
+    compile_model(model, 1e-4)
     x, y = gen[0]
     losses = [float(np.ravel(model.train_on_batch(x, y))[0]) for _ in range(30)]
     assert losses[-1] < losses[0] / 2, losses

@@ -1,7 +1,15 @@
-"""`make demo`: make the demo dataset, then run each pipeline script in the documented order, as a user would.
+"""`make demo`: the whole pipeline on a generated dataset, each stage's script run as a user would run it.
 
-Writes everything under demo_output/ (or --output-dir) and demo_output/summary.json with each stage's
-command, output files and seconds. Stages that do not exist yet in this checkout are listed as pending.
+Makes the demo dataset (five Open Images classes drawn as shapes, `demo/dataset.py`), then in the documented
+order: level files (2018 and 2019), image parameters, and for each of two seeds: training a level-1 ResNet50
+from scratch on the CPU (the five classes, small images, a few minutes), conversion to an inference model,
+inference on the validation images with flip TTA (and drawn detections), expansion to parent classes; then an
+ensemble of the two models and the official OID mAP of the level-1, the expanded and the ensembled predictions.
+
+Writes everything under demo_output/ (or --output-dir) and demo_output/summary.json: each stage's command,
+output files and seconds, the three mAPs (`level1_map`, `expanded_map`, `ensemble_map`) and the model the web
+demo serves by default (`serve_weights`, `serve_labels`). --quick: a smaller dataset and a few training steps,
+to check that every stage runs (its mAPs mean nothing).
 """
 
 from __future__ import annotations
@@ -12,81 +20,172 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from oid_retinanet.demo.dataset import DatasetSpec, make_dataset
+from oid_retinanet.demo.dataset import CLASSES, DatasetSpec, make_dataset
 
 REPO = Path(__file__).resolve().parent.parent.parent
+LABELS_FILTER = ",".join(CLASSES.values())
 
 
-def _stages(data: Path, out: Path) -> list[tuple[str, list[str], Path]]:
-    """(name, script and arguments, output folder) for each stage, in pipeline order."""
-    levels = out / "output"
-    return [
-        ("1. level files (2018)", ["create_files_for_training_by_levels.py", "--dataset-path", str(data),
-                                   "--output-path", str(levels), "--low-samples"], levels),
-        ("1b. level files (2019)", ["labelProcess/create_files_for_training_by_levels.py", "--train-csv",
-                                    str(data / "challenge-2019-train-detection-bbox.csv"),
-                                    "--output-path", str(out / "output_2019")], out / "output_2019"),
-        ("2. image parameters", ["retinanet_training_level_1/find_image_parameters.py", "--dataset-path", str(data),
-                                 "--output-path", str(levels), "--subsets", "train", "validation", "test"], levels),
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of a demo run: dataset, training schedule, and the two snapshots that are ensembled."""
+
+    dataset: DatasetSpec
+    backbone: str = "resnet50"
+    epochs: int = 8
+    steps: int = 20
+    batch_size: int = 4
+    lr: float = 1e-4  # from scratch; the original's 1e-5 fine-tunes an ImageNet backbone
+    min_side: int = 120
+    max_side: int = 160
+    seeds: tuple[int, ...] = (0, 1)  # one model per seed (initial weights, image draw, augmentation)
+    visualize: int = 8
+
+
+FULL = Plan(DatasetSpec())
+QUICK = Plan(DatasetSpec(n_train=16, n_validation=8, n_test=4), epochs=1, steps=2, batch_size=2, min_side=96,
+             max_side=128, visualize=2)
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    outputs: Path  # folder (new files in it) or file
+    map_json: Path | None = None  # an evaluation stage: where its mAP is
+
+
+def _stages(data: Path, out: Path, plan: Plan) -> list[Stage]:
+    levels, models, subm = out / "output", out / "models", out / "subm"
+    annotations = data / "annotations"
+    stages = [
+        Stage("1. level files (2018)", ["create_files_for_training_by_levels.py", "--dataset-path", str(data),
+                                        "--output-path", str(levels), "--low-samples"], levels),
+        Stage("1b. level files (2019)", ["labelProcess/create_files_for_training_by_levels.py", "--train-csv",
+                                         str(data / "challenge-2019-train-detection-bbox.csv"),
+                                         "--output-path", str(out / "output_2019")], out / "output_2019"),
+        Stage("2. image parameters", ["retinanet_training_level_1/find_image_parameters.py", "--dataset-path",
+                                      str(data), "--output-path", str(levels), "--subsets", "train", "validation",
+                                      "test"], levels),
     ]
+    sides = ["--min-side", str(plan.min_side), "--max-side", str(plan.max_side)]
+    for seed in plan.seeds:
+        name = f"model_{seed}"
+        snapshots = models / f"snapshots_{seed}"
+        inference = models / f"demo_{name}_inference.keras"
+        stages += [
+            Stage(f"3. train level-1 model {seed} from scratch ({plan.backbone}, {plan.epochs} x {plan.steps} steps)", [
+                f"retinanet_training_level_1/train_oid_level_1_{plan.backbone}.py", "--no-weights", "--labels-filter",
+                LABELS_FILTER, "--dataset-path", str(data), "--output-path", str(levels), "--snapshot-path",
+                str(snapshots), "--image-min-side", str(plan.min_side), "--image-max-side", str(plan.max_side),
+                "--batch-size", str(plan.batch_size), "--epochs", str(plan.epochs), "--steps", str(plan.steps),
+                "--lr", str(plan.lr), "--seed", str(seed), "--no-evaluation"], snapshots),
+            Stage(f"3b. convert model {seed} to an inference model", [
+                "retinanet_training_level_1/convert_retinanet_model.py",
+                str(snapshots / f"{plan.backbone}_oid_level_1_{plan.epochs:02d}.keras"), str(inference)], inference),
+            Stage(f"4. predict the validation images with model {seed} (flip TTA)", [
+                "retinanet_inference_example.py", "--weights", str(inference), "--images", str(data / "validation"),
+                "--labels", str(snapshots / "classes.csv"), *sides, "--cache-dir", str(out / f"cache_{name}"),
+                "--output", str(subm / f"{name}_level_1.csv"), "--visualize", str(plan.visualize)],
+                subm / f"{name}_level_1.csv"),
+            Stage(f"5. add parent classes to model {seed}'s predictions", [
+                "create_higher_level_predictions_from_level_1_predictions_csv.py", str(subm / f"{name}_level_1.csv"),
+                str(subm / f"{name}_expanded.csv")], subm / f"{name}_expanded.csv"),
+        ]
+    stages.append(Stage("6. ensemble of the models", [
+        "ensemble_predictions_with_weighted_method.py", "--csvs",
+        *[str(subm / f"model_{seed}_expanded.csv") for seed in plan.seeds], "--output",
+        str(subm / "ensemble.csv")],
+        subm / "ensemble.csv"))
+    first = f"model_{plan.seeds[0]}"
+    for key, csv in (("level1_map", f"{first}_level_1.csv"), ("expanded_map", f"{first}_expanded.csv"),
+                     ("ensemble_map", "ensemble.csv")):
+        folder = out / "eval" / key
+        stages.append(Stage(f"7. OID mAP of {csv}", [
+            "evaluate_oid_map.py", "--predictions", str(subm / csv),
+            "--gt-boxes", str(annotations / "validation-annotations-bbox.csv"),
+            "--gt-labels", str(annotations / "validation-annotations-human-imagelabels-boxable.csv"),
+            "--output-dir", str(folder)], folder, folder / "map.json"))
+    return stages
 
 
-def _files(folder: Path, since: float) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.stat().st_mtime >= since)
+def _files(path: Path, since: float) -> list[str]:
+    if path.is_file():
+        return [str(path)]
+    return sorted(str(p) for p in path.rglob("*") if p.is_file() and p.stat().st_mtime >= since)
 
 
-def _table(paths: list[str], limit: int = 12) -> str:
+def _table(paths: list[str], limit: int = 8) -> str:
     lines = []
     for p in paths[:limit]:
-        with open(p, "rb") as f:
-            rows = sum(1 for _ in f)
-        lines.append(f"    {os.path.relpath(p):<90} {rows:>8} lines")
+        if p.endswith((".csv", ".txt", ".json")):
+            with open(p, "rb") as f:
+                size = f"{sum(1 for _ in f):>8} lines"
+        else:
+            size = f"{os.path.getsize(p) / 1e6:>8.1f} MB"
+        lines.append(f"    {os.path.relpath(p):<88} {size}")
     if len(paths) > limit:
         lines.append(f"    ... and {len(paths) - limit} more")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default="demo_output")
-    p.add_argument("--seed", type=int, default=DatasetSpec.seed)
+    p.add_argument("--seed", type=int, default=DatasetSpec.seed, help="seed of the generated dataset")
+    p.add_argument("--quick", action="store_true", help="a tiny run that checks every stage (mAPs meaningless)")
     args = p.parse_args(argv)
+    plan = QUICK if args.quick else FULL
     out = Path(args.output_dir).resolve()
     data = out / "dataset"
     summary: dict = {"stages": []}
+    started = time.perf_counter()
 
     t = time.perf_counter()
-    counts = make_dataset(str(data), DatasetSpec(seed=args.seed))
+    spec = DatasetSpec(**{**plan.dataset.__dict__, "seed": args.seed})
+    counts = make_dataset(str(data), spec)
     seconds = time.perf_counter() - t
-    print(f"== 0. dataset: {counts} images under {data} ({seconds:.1f} s)")
+    print(f"== 0. dataset: {counts} images under {data} ({seconds:.1f} s)", flush=True)
     summary["stages"].append({"name": "0. dataset", "outputs": [str(data)], "seconds": round(seconds, 2)})
 
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for name, cmd, folder in _stages(data, out):
-        script = REPO / cmd[0]
-        if not script.exists():
-            print(f"== {name}: pending ({cmd[0]} is not in this checkout yet)")
-            summary["stages"].append({"name": name, "pending": True})
-            continue
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    for stage in _stages(data, out, plan):
         start_wall = time.time() - 1
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(script), *cmd[1:]], cwd=REPO, env=env, capture_output=True,
-                              text=True)
+        proc = subprocess.run([sys.executable, str(REPO / stage.command[0]), *stage.command[1:]], cwd=REPO, env=env,
+                              capture_output=True, text=True)
         seconds = time.perf_counter() - t
         if proc.returncode != 0:
-            print(proc.stdout + proc.stderr, file=sys.stderr)
-            print(f"== {name}: FAILED (exit {proc.returncode})", file=sys.stderr)
+            print(proc.stdout[-5000:] + proc.stderr[-5000:], file=sys.stderr)
+            print(f"== {stage.name}: FAILED (exit {proc.returncode})", file=sys.stderr)
             return 1
-        outputs = _files(folder, start_wall)
-        print(f"== {name}: {seconds:.1f} s\n   $ python {' '.join(cmd)}\n{_table(outputs)}")
-        summary["stages"].append({"name": name, "command": ["python", *cmd], "outputs": outputs,
-                                  "seconds": round(seconds, 2)})
+        outputs = _files(stage.outputs, start_wall)
+        record = {"name": stage.name, "command": ["python", *stage.command], "outputs": outputs,
+                  "seconds": round(seconds, 2)}
+        print(f"== {stage.name}: {seconds:.1f} s\n   $ python {' '.join(stage.command)}\n{_table(outputs)}",
+              flush=True)
+        if stage.map_json is not None:
+            key = stage.map_json.parent.name
+            record[key] = summary[key] = json.loads(stage.map_json.read_text())["mAP"]
+            print(f"   {key} = {summary[key]:.4f}", flush=True)
+        summary["stages"].append(record)
 
+    first = f"model_{plan.seeds[0]}"
+    summary["serve_weights"] = str(out / "models" / f"demo_{first}_inference.keras")
+    summary["serve_labels"] = str(out / "models" / f"snapshots_{plan.seeds[0]}" / "classes.csv")
+    summary["visualized"] = sorted(str(p) for p in (out / f"cache_{first}" / "visualize").glob("*"))
+    summary["seconds"] = round(time.perf_counter() - started, 1)
     path = out / "summary.json"
     path.write_text(json.dumps(summary, indent=1))
-    print(f"summary: {path}")
+    print(f"\nOID mAP on the validation split: level 1 {summary['level1_map']:.4f}, with parent classes "
+          f"{summary['expanded_map']:.4f}, ensemble of {len(plan.seeds)} models "
+          f"{summary['ensemble_map']:.4f}")
+    print(f"detections drawn: {out / f'cache_{first}' / 'visualize'}\nsummary: {path} "
+          f"({summary['seconds']:.0f} s)")
     return 0
 
 

@@ -44,7 +44,7 @@ from oid_retinanet.boxes.wbf import WBF_CONF_TYPES, fuse_batch, prefilter
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path
 from oid_retinanet.oid.classes import MID_PATTERN, ClassList
-from oid_retinanet.oid.predictions import HEADER, ImagePredictions, iter_predictions
+from oid_retinanet.oid.predictions import HEADER, iter_aligned_predictions
 from oid_retinanet.predict.cache import ImageCache, cache_file, cache_ids, read_cache
 
 log = logging.getLogger(__name__)
@@ -281,43 +281,6 @@ def _filtered_batch(caches: list[list[ImageCache]], rows_per_model: list[int], s
             np.concatenate([p[3] for p in parts])[order], np.concatenate([p[4] for p in parts])[order])
 
 
-def _aligned_rows(paths: Sequence[str]) -> Iterator[tuple[str, list[ImagePredictions | None]]]:
-    """Rows of several prediction CSVs matched by ImageId: the first file's order, then images only in later
-    files. Files in the same order stream; otherwise rows wait in memory until their ImageId comes up."""
-    iters = [iter_predictions(p) for p in paths]
-    pending: list[dict[str, ImagePredictions]] = [{} for _ in paths]
-    done = [False] * len(paths)
-    seen: set[str] = set()
-
-    def take(k: int, image_id: str) -> ImagePredictions | None:
-        if image_id in pending[k]:
-            return pending[k].pop(image_id)
-        while not done[k]:
-            row = next(iters[k], None)
-            if row is None:
-                done[k] = True
-                break
-            if row.image_id == image_id:
-                return row
-            if row.image_id in pending[k] or row.image_id in seen:
-                raise OIDInputError(f"ImageId {row.image_id} appears twice", paths[k])
-            pending[k][row.image_id] = row
-        return None
-
-    for first in iters[0]:
-        if first.image_id in seen:
-            raise OIDInputError(f"ImageId {first.image_id} appears twice", paths[0])
-        seen.add(first.image_id)
-        yield first.image_id, [first] + [take(k, first.image_id) for k in range(1, len(paths))]
-    for k in range(1, len(paths)):
-        while not done[k]:
-            take(k, "\0")  # read the rest of file k into pending
-        for image_id in list(pending[k]):
-            seen.add(image_id)
-            yield image_id, [None] * k + [pending[k].pop(image_id)] + [take(j, image_id)
-                                                                          for j in range(k + 1, len(paths))]
-
-
 def merge_csvs(csvs: Sequence[str | os.PathLike], skip_box_thr: float, iou_thr: float, type: str = "avg",
                variant: str = "2018", weights: Sequence[float] | None = None, wbf_conf_type: str = "avg",
                batch_images: int = BATCH_IMAGES, stats: MergeStats | None = None) -> Iterator[MergedBatch]:
@@ -336,7 +299,7 @@ def merge_csvs(csvs: Sequence[str | os.PathLike], skip_box_thr: float, iou_thr: 
 
 def _csv_batches(paths: list[str], lists: np.ndarray, skip_box_thr: float, iou_thr: float, type: str, variant: str,
                  wbf_conf_type: str, batch_images: int, stats: MergeStats) -> Iterator[MergedBatch]:
-    rows = _aligned_rows(paths)
+    rows = iter_aligned_predictions(paths)
     while True:
         chunk = [r for _, r in zip(range(batch_images), rows)]
         if not chunk:

@@ -131,21 +131,13 @@ def prepare_upload(data: bytes, min_side: int, max_side: int, max_pixels: int = 
 
 
 def model_labels(labels_csv: str | None, num_classes: int, class_descriptions_csv: str) -> ClassList:
-    """The model's classes, in output order: `labels_csv` (MID,DisplayName per line), or the released models'
-    list for 443 or 500 classes (names resolved through the v4 list `class_descriptions_csv`)."""
-    if labels_csv:
-        labels = read_class_descriptions(labels_csv)
-    else:
-        from oid_retinanet.oid.levels import released_class_list
+    """The model's classes, in output order (see `oid.levels.model_class_list`)."""
+    from oid_retinanet.oid.levels import model_class_list
 
-        try:
-            rows = released_class_list(num_classes, read_class_descriptions(class_descriptions_csv))
-        except OIDInputError as exc:
-            raise OIDInputError(f"{exc}: pass --labels (or set OID_SERVE_LABELS)") from None
-        labels = ClassList(tuple(m for m, _ in rows), tuple(n for _, n in rows), source="released class list")
-    if len(labels) != num_classes:
-        raise OIDInputError(f"{len(labels)} classes, but the model has {num_classes}", labels.source)
-    return labels
+    try:
+        return model_class_list(labels_csv, num_classes, class_descriptions_csv)
+    except OIDInputError as exc:
+        raise OIDInputError(str(exc).replace("--labels", "--labels (or OID_SERVE_LABELS)")) from None
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
                    help="compute in bfloat16 (default when given) or float16, weights in float32")
     p.add_argument("--group", choices=["ratio", "random"], default="ratio",
                    help="batch images of similar aspect ratio, or as drawn (the original) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image draw and augmentation")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the image draw and the augmentation (default: %(default)s)")
     p.add_argument("--gpu", help="accepted for compatibility: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -176,7 +177,8 @@ def _distribution(n: int):
     raise OIDInputError(f"--multi-gpu is supported on the tensorflow and jax backends, not {backend}")
 
 
-def _compile(model, lr: float) -> None:
+def compile_model(model, lr: float = LEARNING_RATE) -> None:
+    """Compile a training model as the original: focal + smooth-L1 losses, Adam with clipnorm 0.001."""
     import keras
 
     from oid_retinanet.train.losses import FocalLoss, SmoothL1Loss
@@ -219,7 +221,7 @@ def _create_model(args: argparse.Namespace, num_classes: int):
         for layer in model.layers:
             if is_backbone_layer(layer.name):
                 layer.trainable = False
-    _compile(model, args.lr)
+    compile_model(model, args.lr)
     return model
 
 
@@ -261,7 +263,7 @@ def _resume_model(path: str, args: argparse.Namespace, num_classes: int):
 
     log.warning("%s: a keras-retinanet file holds no usable optimizer state; Adam restarts", path)
     model = load_keras_retinanet(path, inference=False)
-    _compile(model, args.lr)
+    compile_model(model, args.lr)
     return model, epoch
 
 
@@ -314,6 +316,7 @@ def train(args: argparse.Namespace):
         **common, steps=args.steps, seed=args.seed, group=args.group,
         transform=RandomTransform.ORIGINAL_FULL if args.random_transform else RandomTransform.FLIP_X,
         intensity=INTENSITY_CHANGE if args.intensity_change else None), workers=args.workers)
+    keras.utils.set_random_seed(args.seed)  # initial weights too: the same flags give the same model
     with scope if scope is not None else contextlib.nullcontext():
         if snapshot:
             model, initial_epoch = _resume_model(snapshot, args, train_data.num_classes)

@@ -1,0 +1,30 @@
+"""`make demo` in its --quick form: every stage's script runs in order and the summary names what they wrote.
+
+The full demo (its mAP and time bounds) is run by `make demo` itself; this checks the wiring on a tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from oid_retinanet.demo.__main__ import main
+
+
+def test_quick_demo_runs_every_stage(tmp_path, capsys):
+    assert main(["--quick", "--output-dir", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    names = [s["name"] for s in summary["stages"]]
+    for prefix in ("0.", "1.", "1b.", "2.", "3.", "3b.", "4.", "5.", "6.", "7."):
+        assert any(n.startswith(prefix) for n in names), prefix
+    for key in ("level1_map", "expanded_map", "ensemble_map"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert all(s["seconds"] >= 0 and s["outputs"] for s in summary["stages"])
+    # the files handed from stage to stage exist and have the formats the next stage reads
+    subm = tmp_path / "subm"
+    for name in ("model_0_level_1.csv", "model_0_expanded.csv", "ensemble.csv"):
+        assert list(pd.read_csv(subm / name).columns) == ["ImageId", "PredictionString"]
+    classes = pd.read_csv(summary["serve_labels"], header=None)
+    assert sorted(classes[1]) == ["Apple", "Flag", "Lemon", "Orange", "Stop sign"]
+    assert (tmp_path / "models" / "demo_model_0_inference.keras").is_file() and summary["visualized"]
+    assert "OID mAP on the validation split" in capsys.readouterr().out
