@@ -27,4 +27,5 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     classes = pd.read_csv(summary["serve_labels"], header=None)
     assert sorted(classes[1]) == ["Apple", "Flag", "Lemon", "Orange", "Stop sign"]
     assert (tmp_path / "models" / "demo_model_0_inference.keras").is_file() and summary["visualized"]
+    assert summary["serve_sides"] == [96, 128]  # the web demo predicts at the sides the model was trained at
     assert "OID mAP on the validation split" in capsys.readouterr().out

@@ -187,12 +187,12 @@ def test_generator_batches(tiny_level):
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y["classification"], y2["classification"])
     gen.on_epoch_end()
-    assert any(not np.array_equal(a, b) for a, b in zip(gen._groups, OpenImagesGenerator(
-        data, gen.config)._groups)) or len(data) < 3
+    assert any(not np.array_equal(a, b) for a, b in zip(gen.groups, OpenImagesGenerator(
+        data, gen.config).groups)) or len(data) < 3
     # without augmentation an image's targets are those of its resized boxes
     val = OpenImagesGenerator(data, GeneratorConfig(min_side=64, max_side=80, sampling="sequential"))
-    assert sum(len(g) for g in val._groups) == len(data)
-    idx = int(val._groups[0][0])
+    assert sum(len(g) for g in val.groups) == len(data)
+    idx = int(val.groups[0][0])
     x, y = val[0]
     boxes, labels = data.image_boxes(idx)
     w, h = data.widths[idx], data.heights[idx]

@@ -113,7 +113,7 @@ def test_a_few_images_overfit(tmp_path):
     assert losses[-1] < losses[0] / 2, losses
     boxes, scores, labels = (np.asarray(v) for v in retinanet_bbox(model).predict_on_batch(x))
     found = 0
-    for k, i in enumerate(gen._groups[0]):
+    for k, i in enumerate(gen.groups[0]):
         gt_boxes, gt_labels = data.image_boxes(int(i))
         h, w = x.shape[1:3]
         for box, label in zip(gt_boxes * [w, h, w, h], gt_labels):

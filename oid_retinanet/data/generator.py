@@ -235,6 +235,7 @@ class OpenImagesGenerator(keras.utils.PyDataset):
     """Batches `(images (B, H, W, 3) float32, {"regression": (B, N, 5), "classification": (B, N, 1)})`.
 
     config.steps: batches per epoch ("balanced" sampling; default: as many as images / batch size).
+    `groups`: the image indices of each batch of the current epoch.
     workers / use_multiprocessing / max_queue_size: Keras' PyDataset parallelism.
     """
 
@@ -247,14 +248,14 @@ class OpenImagesGenerator(keras.utils.PyDataset):
         self.config = config
         self.epoch = 0
         self._by_class = data.images_by_class()
-        self._groups = self._make_groups()
+        self.groups = self._make_groups()
 
     @property
     def num_classes(self) -> int:
         return self.data.num_classes
 
     def __len__(self) -> int:
-        return len(self._groups)
+        return len(self.groups)
 
     def on_epoch_end(self) -> None:
         self.start_epoch(self.epoch + 1)
@@ -262,7 +263,7 @@ class OpenImagesGenerator(keras.utils.PyDataset):
     def start_epoch(self, epoch: int) -> None:
         """Draw the batches of `epoch` (a resumed run continues with the draws it would have had)."""
         self.epoch = epoch
-        self._groups = self._make_groups()
+        self.groups = self._make_groups()
 
     def _make_groups(self) -> list[np.ndarray]:
         cfg = self.config
@@ -315,4 +316,4 @@ class OpenImagesGenerator(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         augment = self.config.sampling == "balanced" and (self.config.transform or self.config.intensity)
         rng = np.random.default_rng([self.config.seed, self.epoch, index, 1]) if augment else None
-        return self.batch(self._groups[index], rng)
+        return self.batch(self.groups[index], rng)

@@ -4,12 +4,13 @@ Makes the demo dataset (five Open Images classes drawn as shapes, `demo/dataset.
 order: level files (2018 and 2019), image parameters, and for each of two seeds: training a level-1 ResNet50
 from scratch on the CPU (the five classes, small images, a few minutes), conversion to an inference model,
 inference on the validation images with flip TTA (and drawn detections), expansion to parent classes; then an
-ensemble of the two models and the official OID mAP of the level-1, the expanded and the ensembled predictions.
+ensemble of the two models (weighted boxes fusion) and the official OID mAP of the level-1, the expanded and
+the ensembled predictions.
 
 Writes everything under demo_output/ (or --output-dir) and demo_output/summary.json: each stage's command,
 output files and seconds, the three mAPs (`level1_map`, `expanded_map`, `ensemble_map`) and the model the web
-demo serves by default (`serve_weights`, `serve_labels`). --quick: a smaller dataset and a few training steps,
-to check that every stage runs (its mAPs mean nothing).
+demo serves by default (`serve_weights`, `serve_labels`, `serve_sides`). --quick: a smaller dataset and a few
+training steps, to check that every stage runs (its mAPs mean nothing).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from oid_retinanet.demo.dataset import CLASSES, DatasetSpec, make_dataset
@@ -35,7 +36,7 @@ class Plan:
 
     dataset: DatasetSpec
     backbone: str = "resnet50"
-    epochs: int = 8
+    epochs: int = 12
     steps: int = 20
     batch_size: int = 4
     lr: float = 1e-4  # from scratch; the original's 1e-5 fine-tunes an ImageNet backbone
@@ -97,7 +98,7 @@ def _stages(data: Path, out: Path, plan: Plan) -> list[Stage]:
         ]
     stages.append(Stage("6. ensemble of the models", [
         "ensemble_predictions_with_weighted_method.py", "--csvs",
-        *[str(subm / f"model_{seed}_expanded.csv") for seed in plan.seeds], "--output",
+        *[str(subm / f"model_{seed}_expanded.csv") for seed in plan.seeds], "--type", "wbf", "--output",
         str(subm / "ensemble.csv")],
         subm / "ensemble.csv"))
     first = f"model_{plan.seeds[0]}"
@@ -137,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default="demo_output")
     p.add_argument("--seed", type=int, default=DatasetSpec.seed, help="seed of the generated dataset")
     p.add_argument("--quick", action="store_true", help="a tiny run that checks every stage (mAPs meaningless)")
+    p.add_argument("--epochs", type=int, help=f"training epochs of each model (default: {FULL.epochs})")
+    p.add_argument("--steps", type=int, help=f"batches per epoch (default: {FULL.steps})")
     args = p.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    plan = replace(plan, epochs=args.epochs or plan.epochs, steps=args.steps or plan.steps)
     out = Path(args.output_dir).resolve()
     data = out / "dataset"
     summary: dict = {"stages": []}
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     first = f"model_{plan.seeds[0]}"
     summary["serve_weights"] = str(out / "models" / f"demo_{first}_inference.keras")
     summary["serve_labels"] = str(out / "models" / f"snapshots_{plan.seeds[0]}" / "classes.csv")
+    summary["serve_sides"] = [plan.min_side, plan.max_side]
     summary["visualized"] = sorted(str(p) for p in (out / f"cache_{first}" / "visualize").glob("*"))
     summary["seconds"] = round(time.perf_counter() - started, 1)
     path = out / "summary.json"

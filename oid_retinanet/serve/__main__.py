@@ -86,6 +86,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def demo_sides(summary_path: str | os.PathLike) -> tuple[int, int] | None:
+    """The image sides the demo's model was trained at (`serve_sides` of its summary.json), if it says."""
+    try:
+        sides = json.loads(Path(summary_path).read_text(encoding="utf-8")).get("serve_sides")
+        return int(sides[0]), int(sides[1])
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return None
+
+
 def resolve_model_files(weights: str | None, labels: str | None, summary_path: str | os.PathLike
                         ) -> tuple[str, str | None, str]:
     """(weights, labels or None, where they came from): the flags, else OID_SERVE_WEIGHTS / OID_SERVE_LABELS,
@@ -167,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     backbone, num_classes = model_backbone(model), model_num_classes(model)
     labels = model_labels(labels_csv, num_classes, C.CLASS_DESCRIPTIONS_CSV)
     min_side, max_side = default_sides(backbone)
+    if source == str(args.demo_summary):  # the demo's model: the sides it was trained at
+        min_side, max_side = demo_sides(args.demo_summary) or (min_side, max_side)
     min_side, max_side = args.min_side or min_side, args.max_side or max_side
     parents = load_parent_expansion(labels, C.CLASS_DESCRIPTIONS_500_CSV, C.HIERARCHY_JSON, C.CLASS_DESCRIPTIONS_CSV,
                                     corrected=args.corrected_parents)

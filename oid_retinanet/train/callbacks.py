@@ -85,7 +85,7 @@ def predict_generator(generator: OpenImagesGenerator, model: keras.Model) -> Ite
     """Detections of the inference model built on `model` for every image of a sequential generator."""
     prediction_model = retinanet_bbox(model)
     mids = np.asarray(generator.data.classes.mids, dtype=object)
-    for group in generator._groups:
+    for group in generator.groups:
         for i in group:
             x, _, _ = generator.load_entry(int(i), None)
             boxes, scores, labels = (np.asarray(v)[0] for v in prediction_model.predict_on_batch(x[None]))
@@ -98,19 +98,5 @@ def predict_generator(generator: OpenImagesGenerator, model: keras.Model) -> Ite
 def evaluation_callback(generator: OpenImagesGenerator, metric: str = "voc", report_path: str | None = None
                         ) -> MeanAPCallback:
     """`logs["mAP"]` on the validation generator after every epoch; the per-class table to `report_path`."""
-    callback = MeanAPCallback(lambda model: predict_generator(generator, model), validation_ground_truth(generator),
-                              metric=metric)
-    if report_path:
-        from oid_retinanet.files import atomic_write_text
-
-        original = callback.on_epoch_end
-
-        def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
-            original(epoch, logs)
-            if callback.last_result is not None:
-                table = callback.last_result.per_class()
-                atomic_write_text(report_path, f"epoch {epoch + 1} mAP {callback.last_result.mean_ap:.6f}\n"
-                                  + table.to_string() + "\n")
-
-        callback.on_epoch_end = on_epoch_end
-    return callback
+    return MeanAPCallback(lambda model: predict_generator(generator, model), validation_ground_truth(generator),
+                          metric=metric, report_path=report_path)
