@@ -38,12 +38,18 @@ from oid_retinanet.model.filter_detections import (
     NMS_THRESHOLD,
     SCORE_THRESHOLD,
 )
-from oid_retinanet.model.resnet import BLOCKS, CONV1_SAME, CONV1_ZERO_PADDING, backbone_name
+from oid_retinanet.model.resnet import (
+    BLOCKS,
+    CONV1_SAME,
+    CONV1_ZERO_PADDING,
+    backbone_name,
+    blocks_per_stage,
+    depth_of_blocks,
+)
 from oid_retinanet.model.retinanet import DTYPE_POLICY, retinanet, retinanet_bbox
 
 log = logging.getLogger(__name__)
 
-_STAGE_BLOCK = re.compile(r"^res([2-5])(?:[a-z]|b\d+)_branch2a$")
 _MAX_LISTED = 12
 
 
@@ -224,13 +230,8 @@ def inspect_h5(path: str | Path) -> H5ModelInfo:
         version = _text(f.attrs.get("keras_version", root.attrs.get("keras_version", "")))
         config = _model_config(f)
 
-    counts = {s: 0 for s in "2345"}
-    for name in layer_names:
-        m = _STAGE_BLOCK.match(name)
-        if m:
-            counts[m.group(1)] += 1
-    blocks = tuple(counts[s] for s in "2345")
-    depth = next((d for d, b in BLOCKS.items() if b == blocks), None)
+    blocks = blocks_per_stage(layer_names)
+    depth = depth_of_blocks(blocks)
     if depth is None:
         raise OIDInputError(f"not a keras-retinanet ResNet50/101/152 model: residual blocks per stage {blocks} "
                             f"(expected one of {sorted(BLOCKS.values())})", path=path)

@@ -37,7 +37,13 @@ import numpy as np
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.model import download
 from oid_retinanet.model.h5 import read_weight_groups
-from oid_retinanet.model.resnet import BLOCKS, BN_EPSILON, block_names, parse_backbone
+from oid_retinanet.model.resnet import (
+    BN_EPSILON,
+    block_names,
+    blocks_per_stage,
+    depth_of_blocks,
+    parse_backbone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,6 @@ LAYOUT_KERAS_APPLICATIONS = "keras.applications"
 KERAS_APPLICATIONS_BN_EPSILON = 1.001e-5
 _FILE_EPSILON = {LAYOUT_KERAS_RESNET: BN_EPSILON, LAYOUT_KERAS_APPLICATIONS: KERAS_APPLICATIONS_BN_EPSILON}
 
-_OUR_BLOCK = re.compile(r"^res([2-5])(?:[a-z]|b\d+)_branch2a$")
 _KERAS_BLOCK = re.compile(r"^conv([2-5])_block(\d+)_1_conv$")
 _BRANCH_OF_K = {0: "1", 1: "2a", 2: "2b", 3: "2c"}
 _BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -119,20 +124,6 @@ def keras_applications_name_map(depth: int) -> dict[str, str]:
     return mapping
 
 
-def _depth_from_counts(counts: dict[str, int]) -> int | None:
-    blocks = tuple(counts.get(s, 0) for s in "2345")
-    return next((d for d, b in BLOCKS.items() if b == blocks), None)
-
-
-def _count_blocks(names, pattern: re.Pattern) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name in names:
-        m = pattern.match(name)
-        if m:
-            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return counts
-
-
 def _flat_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
     out = {}
     stack = list(model.layers)
@@ -146,7 +137,7 @@ def _flat_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
 
 def model_depth(model: keras.Model) -> int:
     """Depth (50, 101, 152) of the keras-resnet backbone inside `model`, from its residual block names."""
-    depth = _depth_from_counts(_count_blocks(_flat_layers(model), _OUR_BLOCK))
+    depth = depth_of_blocks(blocks_per_stage(_flat_layers(model)))
     if depth is None:
         raise ValueError(f"model {model.name!r} holds no keras-resnet ResNet50/101/152 backbone")
     return depth
@@ -155,15 +146,14 @@ def model_depth(model: keras.Model) -> int:
 def file_layout(groups: dict, path: str) -> tuple[str, int]:
     """(layout, depth) of an ImageNet ResNet weights file, from its layer names (see `read_weight_groups`)."""
     if "conv2_block1_1_conv" in groups:
-        layout, counts = LAYOUT_KERAS_APPLICATIONS, _count_blocks(groups, _KERAS_BLOCK)
+        layout, blocks = LAYOUT_KERAS_APPLICATIONS, blocks_per_stage(groups, _KERAS_BLOCK)
     elif "res2a_branch2a" in groups:
-        layout, counts = LAYOUT_KERAS_RESNET, _count_blocks(groups, _OUR_BLOCK)
+        layout, blocks = LAYOUT_KERAS_RESNET, blocks_per_stage(groups)
     else:
         raise OIDInputError("not an ImageNet ResNet weights file: no keras-resnet layer 'res2a_branch2a' and no "
                             "keras.applications layer 'conv2_block1_1_conv'", path=path)
-    depth = _depth_from_counts(counts)
+    depth = depth_of_blocks(blocks)
     if depth is None:
-        blocks = tuple(counts.get(s, 0) for s in "2345")
         raise OIDInputError(f"{layout} weights with residual blocks per stage {blocks}: not a ResNet50/101/152",
                             path=path)
     return layout, depth

@@ -14,6 +14,7 @@ What keras-resnet does (and torchvision / keras.applications do not):
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import keras
 
@@ -28,6 +29,7 @@ NUMERICAL_NAMES: dict[int, tuple[bool, bool, bool, bool]] = {
     152: (False, True, True, False),
 }
 BN_EPSILON = 1e-5
+BLOCK_LAYER = re.compile(r"^res([2-5])(?:[a-z]|b\d+)_branch2a$")  # one layer per residual block, group 1 its stage
 
 
 @keras.saving.register_keras_serializable(package="oid_retinanet")
@@ -44,6 +46,18 @@ class FrozenBatchNormalization(keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         return super().call(inputs, training=False, mask=mask)
+
+
+def blocks_per_stage(names, pattern: re.Pattern = BLOCK_LAYER) -> tuple[int, int, int, int]:
+    """Residual blocks in stages 2..5, counted from layer names (`pattern` matches one layer per block and
+    captures its stage)."""
+    counts = Counter(m.group(1) for m in map(pattern.match, names) if m)
+    return tuple(counts.get(s, 0) for s in "2345")
+
+
+def depth_of_blocks(blocks: tuple[int, ...]) -> int | None:
+    """50, 101 or 152 for the blocks per stage of a ResNet (`blocks_per_stage`), else None."""
+    return next((d for d, b in BLOCKS.items() if b == tuple(blocks)), None)
 
 
 def backbone_name(depth: int) -> str:

@@ -161,20 +161,14 @@ def predict_batch(model, x: np.ndarray, flip: bool = True) -> tuple[np.ndarray, 
 
 def model_backbone(model) -> str:
     """'resnet50', 'resnet101', 'resnet152' or 'mobilenet224_<alpha>' of a loaded RetinaNet model, from its layers."""
-    from oid_retinanet.model.h5 import _STAGE_BLOCK
-    from oid_retinanet.model.resnet import BLOCKS
+    from oid_retinanet.model.resnet import blocks_per_stage, depth_of_blocks
 
     names = {layer.name for layer in model.layers}
     if "conv_pw_13" in names:  # keras.applications' MobileNet; conv1 has 32 * alpha filters
         alpha = model.get_layer("conv1").kernel.shape[-1] / 32
         return f"mobilenet224_{alpha:g}" if alpha != 1 else "mobilenet224_1.0"
-    counts = {s: 0 for s in "2345"}
-    for name in names:
-        m = _STAGE_BLOCK.match(name)
-        if m:
-            counts[m.group(1)] += 1
-    blocks = tuple(counts[s] for s in "2345")
-    depth = next((d for d, b in BLOCKS.items() if b == blocks), None)
+    blocks = blocks_per_stage(names)
+    depth = depth_of_blocks(blocks)
     if depth is None:
         raise ValueError(f"not a ResNet50/101/152 or MobileNet RetinaNet: residual blocks per stage {blocks}")
     return f"resnet{depth}"
