@@ -5,9 +5,11 @@ Two models, both with keras-retinanet's default filtering (class-specific NMS 0.
   temporary folder), on its image img_a_480x640 resized to 768x1024: the same model, input size and call
   as the keras-retinanet timing recorded in the fixture README (ratio = its median CPU seconds / ours);
 - a 443-class model (the 2018 level-1 class count) with weights drawn by the fixture's weight rule (so about
-  as many scores pass 0.05 as in the fixture), the configuration the project runs. keras-retinanet has no
-  recorded time for it: the numbers stand alone, with the achieved GFLOP/s against the backend's float32
-  matmul rate measured in the same run.
+  as many scores pass 0.05 as in the fixture), the configuration the project runs, with its classification
+  conv as Winograd F(2x2, 3x3) (the default, model/winograd.py) and, in the same run, with keras-retinanet's
+  direct convolution (`winograd=False`, the baseline of the ratio). keras-retinanet has no recorded time for
+  it; the achieved GFLOP/s (direct-convolution FLOPs / time) are set against the backend's float32 matmul rate
+  measured in the same run.
 
 CPU seconds are the process's (all threads), as in the fixture README; wall seconds are printed too but are
 noisy on a shared machine. Times are medians over --repeats calls after --warmup calls.
@@ -153,32 +155,45 @@ def main(argv=None) -> int:
     result["resnet50_7_classes"] = r7
     del model7
 
-    model = retinanet(NUM_CLASSES)
+    model = retinanet(NUM_CLASSES, winograd=False)
     rule = layout["weight_rule"]
     for layer in model.layers:
         inner = layer.layers if isinstance(layer, keras.Model) else [layer]
         for sub in inner:
             for v in sub.weights:
                 v.assign(materialize.weight_value(layout["seed"], f"{sub.name}/{v.name}:0", v.shape, rule))
-    inference = retinanet_bbox(model)
-    print(f"{NUM_CLASSES}-class model at {height}x{width} ...", flush=True)
+    direct = retinanet_bbox(model)
+    gflop = conv_gflop(direct, height, width)
+    print(f"{NUM_CLASSES}-class model at {height}x{width}, direct classification conv ...", flush=True)
+    r_direct = bench_model(direct, x, args.warmup, args.repeats)
+    winograd = retinanet(NUM_CLASSES)
+    winograd.set_weights(model.get_weights())
+    inference = retinanet_bbox(winograd)
+    print(f"{NUM_CLASSES}-class model at {height}x{width}, Winograd classification conv ...", flush=True)
     r443 = bench_model(inference, x, args.warmup, args.repeats)
-    r443["gflop_per_image"] = conv_gflop(inference, height, width)
+    for r, name in ((r_direct, "direct"), (r443, "winograd")):
+        r["gflop_per_image"] = gflop
+        for key in ("batch1", "flip_batch2"):
+            n = 1 if key == "batch1" else 2
+            r[key]["images_per_s_wall"] = n / r[key]["wall_s"]
+            r[key]["images_per_cpu_s"] = n / r[key]["cpu_s"]
+            r[key]["achieved_gflops_wall"] = n * gflop / r[key]["wall_s"]
     for key in ("batch1", "flip_batch2"):
-        n = 1 if key == "batch1" else 2
-        r = r443[key]
-        r["images_per_s_wall"] = n / r["wall_s"]
-        r["images_per_cpu_s"] = n / r["cpu_s"]
-        r["achieved_gflops_wall"] = n * r443["gflop_per_image"] / r["wall_s"]
+        r443[key]["speedup_cpu_vs_direct"] = r_direct[key]["cpu_s"] / r443[key]["cpu_s"]
+    _, s_direct, l_direct = (np.asarray(v) for v in direct.predict_on_batch(x[None]))
+    _, s_wino, l_wino = (np.asarray(v) for v in inference.predict_on_batch(x[None]))
+    r443["same_labels_as_direct"] = bool(np.array_equal(l_direct, l_wino))
+    r443["max_abs_dev_scores_vs_direct"] = float(np.abs(s_direct - s_wino).max())
+    result[f"resnet50_{NUM_CLASSES}_classes_direct"] = r_direct
     result[f"resnet50_{NUM_CLASSES}_classes"] = r443
 
     # The same 443-class weights with convs in bfloat16 (dtype_policy='mixed_bfloat16').
     fast = retinanet(NUM_CLASSES, dtype_policy="mixed_bfloat16")
-    fast.set_weights(model.get_weights())
+    fast.set_weights(winograd.get_weights())
     fast_inference = retinanet_bbox(fast)
     print(f"{NUM_CLASSES}-class model at {height}x{width}, mixed_bfloat16 ...", flush=True)
     rbf = bench_model(fast_inference, x, args.warmup, args.repeats)
-    exact = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in model.predict_on_batch(x[None])]
+    exact = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in winograd.predict_on_batch(x[None])]
     approx = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in fast.predict_on_batch(x[None])]
     rbf["max_abs_dev_regression"] = float(np.abs(exact[0] - approx[0]).max())
     rbf["max_abs_dev_scores"] = float(np.abs(exact[1] - approx[1]).max())
@@ -204,11 +219,15 @@ def main(argv=None) -> int:
                      f"({ref_wall:.2f} s wall) -> ours {r7['speedup_cpu_vs_keras_retinanet']:.2f}x its throughput "
                      "in CPU time (target 1.3x)")
     for key in ("batch1", "flip_batch2"):
-        r = r443[key]
-        lines.append(f"ResNet50 {NUM_CLASSES} classes {height}x{width} ({r443['gflop_per_image']:.0f} GFLOP/image) "
-                     f"{key}: {r['images_per_s_wall']:.3f} images/s wall, {r['images_per_cpu_s']:.3f} images per "
-                     f"CPU s, {r['achieved_gflops_wall']:.0f} GFLOP/s achieved "
-                     f"({100 * r['achieved_gflops_wall'] / result['matmul_gflops']:.0f}% of the matmul rate)")
+        for r, name in ((r_direct, "direct conv"), (r443, "Winograd")):
+            lines.append(f"ResNet50 {NUM_CLASSES} classes {height}x{width} ({gflop:.0f} GFLOP/image), {name}, "
+                         f"{key}: {r[key]['images_per_s_wall']:.3f} images/s wall, {r[key]['images_per_cpu_s']:.3f} "
+                         f"images per CPU s, {r[key]['achieved_gflops_wall']:.0f} GFLOP/s effective "
+                         f"({100 * r[key]['achieved_gflops_wall'] / result['matmul_gflops']:.0f}% of the matmul rate)")
+        lines.append(f"  Winograd classification conv: {r443[key]['speedup_cpu_vs_direct']:.2f}x the direct "
+                     "convolution in CPU time")
+    lines.append(f"  Winograd vs direct: same labels {r443['same_labels_as_direct']}, scores max |dev| "
+                 f"{r443['max_abs_dev_scores_vs_direct']:.3g}")
     for key in ("batch1", "flip_batch2"):
         r = rbf[key]
         lines.append(f"  mixed_bfloat16 {key}: {r['images_per_s_wall']:.3f} images/s wall, {r['images_per_cpu_s']:.3f} "

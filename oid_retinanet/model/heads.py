@@ -4,6 +4,8 @@ Each is a small functional model applied to every P level (keras-retinanet's lay
 256 filters with ReLU, then a 3x3 conv to A*4 (regression) or A*K (classification), reshaped to (B, H*W*A, 4)
 or (B, H*W*A, K) in NHWC order, so anchor index = (y * W + x) * A + a. The classification output goes through
 a sigmoid; its last bias starts at -log((1 - pi) / pi) so every score starts at the prior probability pi.
+A last conv with many filters (the classification conv of the 443- and 500-class models) is computed with
+Winograd F(2x2, 3x3) (model/winograd.py): the same weights and results, 2.25x fewer multiplications.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import math
 
 import keras
+
+from oid_retinanet.model.winograd import MIN_FILTERS, WinogradConv2D
 
 PRIOR_PROBABILITY = 0.01
 HEAD_FEATURE_SIZE = 256
@@ -33,15 +37,16 @@ class PriorProbability(keras.initializers.Initializer):
 
 
 def _head(name: str, prefix: str, outputs_per_anchor: int, num_anchors: int, pyramid_feature_size: int,
-          feature_size: int, bias_initializer, depth: int = HEAD_DEPTH) -> keras.Model:
+          feature_size: int, bias_initializer, depth: int = HEAD_DEPTH, winograd: bool = True) -> keras.Model:
     inputs = keras.Input(shape=(None, None, pyramid_feature_size))
     x = inputs
     normal = keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
     for i in range(depth):
         x = keras.layers.Conv2D(feature_size, 3, padding="same", activation="relu", kernel_initializer=normal,
                                 bias_initializer="zeros", name=f"{prefix}_{i}")(x)
-    x = keras.layers.Conv2D(num_anchors * outputs_per_anchor, 3, padding="same", kernel_initializer=normal,
-                            bias_initializer=bias_initializer, name=prefix)(x)
+    filters = num_anchors * outputs_per_anchor
+    last = WinogradConv2D if winograd and filters >= MIN_FILTERS else keras.layers.Conv2D
+    x = last(filters, 3, padding="same", kernel_initializer=normal, bias_initializer=bias_initializer, name=prefix)(x)
     x = keras.layers.Reshape((-1, outputs_per_anchor), name=f"{prefix}_reshape")(x)
     if prefix == "pyramid_classification":
         x = keras.layers.Activation("sigmoid", name=f"{prefix}_sigmoid")(x)
@@ -56,7 +61,10 @@ def regression_submodel(num_anchors: int = 9, num_values: int = 4, pyramid_featu
 
 def classification_submodel(num_classes: int, num_anchors: int = 9, pyramid_feature_size: int = 256,
                             prior_probability: float = PRIOR_PROBABILITY, feature_size: int = HEAD_FEATURE_SIZE,
-                            name: str = "classification_submodel") -> keras.Model:
-    """keras-retinanet's `default_classification_model`: (B, H, W, 256) -> sigmoid scores (B, H*W*A, K)."""
+                            name: str = "classification_submodel", winograd: bool = True) -> keras.Model:
+    """keras-retinanet's `default_classification_model`: (B, H, W, 256) -> sigmoid scores (B, H*W*A, K).
+
+    winograd: compute the last conv with Winograd F(2x2, 3x3) when it has at least MIN_FILTERS filters.
+    """
     return _head(name, "pyramid_classification", num_classes, num_anchors, pyramid_feature_size, feature_size,
-                 PriorProbability(prior_probability))
+                 PriorProbability(prior_probability), winograd=winograd)

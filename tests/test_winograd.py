@@ -1,0 +1,115 @@
+"""Winograd F(2x2, 3x3) convolution (model/winograd.py) against a float64 direct convolution and Keras' Conv2D.
+
+Tolerances: float32 against float64 is judged relative to the output's largest magnitude. The Winograd path
+must be at least as accurate as Keras' own direct float32 convolution on the same input (measured ~7e-7 vs
+~2.5e-6 on 256 channels); the layer must equal Conv2D with the same weights within 1e-5 of the output's scale.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
+from oid_retinanet.model.winograd import MIN_FILTERS, WinogradConv2D, conv3x3_winograd
+from tests.test_model import _conv_np
+
+
+def _relative(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (8, 8), (3, 3), (1, 5), (10, 13)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_winograd_equals_float64_direct_convolution(shape, padding):
+    if padding == "valid" and min(shape) < 3:
+        pytest.skip("no 'valid' output")
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((2, *shape, 64)).astype(np.float32)
+    kernel = (rng.standard_normal((3, 3, 64, 40)) / 24).astype(np.float32)
+    pad = (1, 1) if padding == "same" else (0, 0)
+    expected = np.stack([_conv_np(image, kernel, 1, pad) for image in x])
+    got = keras.ops.convert_to_numpy(conv3x3_winograd(x, kernel, padding))
+    direct = keras.ops.convert_to_numpy(keras.ops.conv(x, kernel, padding=padding))
+    assert got.shape == expected.shape == direct.shape
+    assert _relative(got, expected) <= max(2 * _relative(direct, expected), 2e-6)
+
+
+def _pair(padding: str, activation: str | None, channels: int = 16, filters: int = 24):
+    """A Conv2D and a WinogradConv2D with the same random weights, each wrapped in a model of any input size."""
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((None, None, channels))
+    direct = keras.layers.Conv2D(filters, 3, padding=padding, activation=activation)
+    winograd = WinogradConv2D(filters, 3, padding=padding, activation=activation)
+    a, b = keras.Model(inputs, direct(inputs)), keras.Model(inputs, winograd(inputs))
+    direct.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.2 for w in direct.get_weights()])
+    winograd.set_weights(direct.get_weights())
+    return a, b
+
+
+@pytest.mark.parametrize("padding,activation", [("same", "relu"), ("valid", None)])
+def test_layer_equals_conv2d_for_several_sizes_in_one_traced_model(padding, activation):
+    a, b = _pair(padding, activation)
+    rng = np.random.default_rng(1)
+    for shape in [(9, 12), (16, 8), (5, 7)]:  # new sizes retrace the predict function with unknown sides
+        x = rng.standard_normal((2, *shape, 16)).astype(np.float32)
+        u, v = a.predict_on_batch(x), b.predict_on_batch(x)
+        assert u.shape == v.shape
+        np.testing.assert_allclose(v, u, atol=1e-5 * np.abs(u).max(), rtol=0)
+
+
+def test_gradients_equal_conv2d():
+    """Training through the layer: the same loss and gradients as Conv2D (keras.ops only, so autodiff works)."""
+    a, b = _pair("same", "relu")
+    x = np.random.default_rng(2).standard_normal((2, 10, 11, 16)).astype(np.float32)
+    y = np.random.default_rng(3).standard_normal((2, 10, 11, 24)).astype(np.float32)
+    for model in (a, b):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.train_on_batch(x, y)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):  # one SGD step from equal weights: equal gradients
+        np.testing.assert_allclose(wb, wa, atol=1e-5, rtol=0)
+
+
+def test_only_large_classification_convs_use_winograd():
+    """443 classes (9 * 443 filters): Winograd, same outputs as the direct conv; 7 classes: the plain Conv2D."""
+    def last_conv(model):
+        return model.get_layer("classification_submodel").get_layer("pyramid_classification")
+
+    assert 9 * 7 < MIN_FILTERS <= 9 * 443
+    assert type(last_conv(retinanet(7))) is keras.layers.Conv2D
+    fast = retinanet(443)
+    assert type(last_conv(fast)) is WinogradConv2D
+    assert type(fast.get_layer("regression_submodel").get_layer("pyramid_regression")) is keras.layers.Conv2D
+    plain = retinanet(443, winograd=False)
+    assert type(last_conv(plain)) is keras.layers.Conv2D
+    # Same variable names: weights files load into either.
+    assert [v.path for v in plain.weights] == [v.path for v in fast.weights]
+    rng = np.random.default_rng(4)
+    plain.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.02 + (1.0 if "variance" in w.path else 0)
+                       for w in plain.weights])
+    fast.set_weights(plain.get_weights())
+    x = rng.uniform(-100, 100, (1, 64, 96, 3)).astype(np.float32)
+    for u, v in zip(plain.predict_on_batch(x), fast.predict_on_batch(x)):
+        np.testing.assert_allclose(v, u, atol=1e-6, rtol=1e-5)
+    boxes_u, scores_u, labels_u = retinanet_bbox(plain).predict_on_batch(x)
+    boxes_v, scores_v, labels_v = retinanet_bbox(fast).predict_on_batch(x)
+    np.testing.assert_array_equal(labels_v, labels_u)
+    np.testing.assert_allclose(scores_v, scores_u, atol=1e-6, rtol=0)
+
+
+def test_keras_format_round_trip(tmp_path):
+    a, b = _pair("same", "relu")
+    b.save(tmp_path / "w.keras")
+    loaded = keras.saving.load_model(tmp_path / "w.keras")
+    assert any(type(layer) is WinogradConv2D for layer in loaded.layers)
+    x = np.random.default_rng(5).standard_normal((1, 6, 7, 16)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), b.predict_on_batch(x))
+
+
+def test_ineligible_convolution_is_refused():
+    with pytest.raises(ValueError, match="stride 1"):
+        WinogradConv2D(8, 3, strides=2)
+    with pytest.raises(ValueError, match="3x3"):
+        WinogradConv2D(8, 5)
