@@ -43,14 +43,18 @@ def read_image_bgr(path: str | os.PathLike, sixteen_bit: str = "clip") -> np.nda
             if sixteen_bit == "scale" and img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img).astype(np.int64)
                 gray = np.clip(arr >> 8, 0, 255).astype(np.uint8)
-                rgb = np.repeat(gray[:, :, None], 3, axis=2)
-            else:
-                rgb = np.asarray(img.convert("RGB"))
+                return np.repeat(gray[:, :, None], 3, axis=2)
+            return pil_to_bgr(img)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise OIDInputError(f"cannot read image ({exc})", path=os.fspath(path)) from None
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def pil_to_bgr(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 BGR of an open PIL image: PIL's RGB conversion (grayscale, palette, RGBA, CMYK; 16-bit
+    values above 255 clip), channels reversed, as keras-retinanet's `read_image_bgr`."""
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
 
 
 def preprocess_image(x: np.ndarray, mode: str = "caffe") -> np.ndarray:

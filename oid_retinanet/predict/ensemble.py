@@ -549,6 +549,24 @@ def write_ensembled_csv(output: str | os.PathLike, *, cache_dirs: Sequence[str |
     return write_merged_csv(batches, output, limit_boxes, decimals, stats, None, progress)
 
 
+def mirror_merge_image(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                       skip_box_thr: float = MIRROR_DEFAULTS["skip_box_thr"],
+                       iou_thr: float = MIRROR_DEFAULTS["iou_thr"], limit_boxes: int = MIRROR_DEFAULTS["limit_boxes"],
+                       type: str = MIRROR_DEFAULTS["type"]) -> np.ndarray:
+    """One image's cache arrays (boxes (R, N, 4) normalised, scores and labels (R, N); R = 2 with the mirror)
+    merged as `write_mirror_merged_csv` merges a cache file: rows (K, 6) `[label, score, x1, y1, x2, y2]`, in
+    the order the CSV writes them. The weighted merge only (`wbf` is for ensembles of cache folders)."""
+    _check_settings(type, "2018", "avg", None)
+    if type == "wbf":
+        raise ValueError("one image's mirror merge uses the weighted merge (avg, max, mul ...), not wbf")
+    row, lab, sc, bx = filter_rows(boxes, scores, labels, skip_box_thr)
+    weights = list_weights([scores.shape[0]], None, type)
+    image, rows = merge_batch(BoxBatch(np.zeros(len(row), dtype=np.int64), row, lab, sc, bx, weights[row]),
+                              iou_thr, type, "2018")
+    _, rows = finish_rows(image, rows, 1, limit_boxes, sorted_desc=False)
+    return rows
+
+
 def write_mirror_merged_csv(cache_dir: str | os.PathLike, output: str | os.PathLike,
                             labels: ClassList | Sequence[str], skip_box_thr: float = MIRROR_DEFAULTS["skip_box_thr"],
                             iou_thr: float = MIRROR_DEFAULTS["iou_thr"],

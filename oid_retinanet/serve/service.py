@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from oid_retinanet.boxes.merge import BoxBatch, filter_rows, merge_batch
-from oid_retinanet.data.preprocess import prepare_image, resized_shape
+from oid_retinanet.data.preprocess import pil_to_bgr, prepare_image, resized_shape
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.oid.classes import ClassList, read_class_descriptions
 from oid_retinanet.oid.predictions import (
@@ -42,7 +41,7 @@ from oid_retinanet.oid.predictions import (
     check_labels_and_boxes,
     parse_prediction_strings,
 )
-from oid_retinanet.predict.ensemble import DECIMALS, MIRROR_DEFAULTS, finish_rows, format_rows, list_weights
+from oid_retinanet.predict.ensemble import DECIMALS, MIRROR_DEFAULTS, format_rows, mirror_merge_image
 from oid_retinanet.predict.expand import DEFAULT_IOU_THR, ParentTable, expand_block, load_parent_table
 from oid_retinanet.predict.inference import predict_batch
 
@@ -93,14 +92,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
             raise RequestError(422, f"image of {width}x{height} = {width * height / 1e6:.1f} megapixels; this "
                                     f"server reads at most {max_pixels / 1e6:g} megapixels")
         try:
-            # read_image_bgr's rule ('clip' for 16-bit images): PIL's RGB conversion, channels reversed
-            rgb = np.asarray(img.convert("RGB"))
+            bgr = pil_to_bgr(img)  # read_image_bgr's rule ('clip' for 16-bit images)
         except Image.DecompressionBombError as exc:
             raise RequestError(422, f"image refused: {exc}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise RequestError(422, f"cannot decode the {img.format} image, truncated or damaged ({exc})") from None
         fmt = img.format or "unknown"
-    return np.ascontiguousarray(rgb[:, :, ::-1]), fmt
+    return bgr, fmt
 
 
 @dataclass
@@ -185,16 +183,9 @@ class MergeSettings:
 
 def mirror_merge(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                  settings: MergeSettings = MergeSettings()) -> np.ndarray:
-    """One image's cached rows (boxes (R, N, 4) normalised, scores and labels (R, N); R = 2 with the mirror)
-    merged as `write_mirror_merged_csv` merges a cache file: rows (K, 6) `[label, score, x1, y1, x2, y2]`."""
-    if settings.type == "wbf":
-        raise ValueError("the demo merges with the weighted merge (avg, max, box_and_model_avg, absent_model_aware)")
-    row, lab, sc, bx = filter_rows(boxes, scores, labels, settings.skip_box_thr)
-    weights = list_weights([scores.shape[0]], None, settings.type)
-    batch = BoxBatch(np.zeros(len(row), dtype=np.int64), row, lab, sc, bx, weights[row])
-    image, rows = merge_batch(batch, settings.iou_thr, settings.type, "2018")
-    _, rows = finish_rows(image, rows, 1, settings.limit_boxes, sorted_desc=False)
-    return rows
+    """One image's model rows merged as stage 4's CSV merges them (`ensemble.mirror_merge_image`)."""
+    return mirror_merge_image(boxes, scores, labels, settings.skip_box_thr, settings.iou_thr, settings.limit_boxes,
+                              settings.type)
 
 
 def csv_prediction_string(rows: np.ndarray, mids: np.ndarray) -> str:
