@@ -199,3 +199,21 @@ def test_generator_batches(tiny_level):
                                                 [boxes * [w, h, w, h] * scale], [labels])
     np.testing.assert_array_equal(y["regression"], expected_reg)
     np.testing.assert_array_equal(y["classification"], expected_cls)
+
+
+def test_training_log_writes_only_logged_columns(tmp_path):
+    """Keras' CSVLogger adds all-"NA" val_* columns without validation data; ours writes what was logged, and
+    appends under the same header on resume."""
+    import keras
+
+    from oid_retinanet.train.callbacks import TrainingLog
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 1), "float32")
+    path = tmp_path / "training_log.csv"
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[TrainingLog(str(path), append=True)])
+    model.fit(x, y, initial_epoch=1, epochs=2, verbose=0, callbacks=[TrainingLog(str(path), append=True)])
+    log = pd.read_csv(path)
+    assert list(log.columns) == ["epoch", "loss"]  # keras.callbacks.CSVLogger: also an all-NA val_loss
+    assert log["epoch"].tolist() == [0, 1] and np.isfinite(log["loss"]).all()

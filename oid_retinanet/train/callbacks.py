@@ -66,6 +66,19 @@ class Snapshot(keras.callbacks.Callback):
         log.info("epoch %d: snapshot %s", epoch + 1, final)
 
 
+class TrainingLog(keras.callbacks.CSVLogger):
+    """A CSV row per epoch with the columns the epoch's logs hold (loss, the head losses, learning rate, mAP).
+
+    Keras' CSVLogger adds a `val_<key>` column for every key when the logs have no validation loss (ours never
+    do: the validation set is scored by mAP), all "NA"; this one writes only what was logged.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None:
+            self.keys = sorted(logs or {})
+        super().on_epoch_end(epoch, logs)
+
+
 def validation_ground_truth(generator: OpenImagesGenerator) -> GroundTruth:
     """The boxes of the validation generator's images as ground truth. Images without boxes have none, so
     detections on them are not scored: a training monitor, not the challenge score (use evaluate_oid_map.py)."""
