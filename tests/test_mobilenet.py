@@ -52,3 +52,31 @@ def test_save_and_load_gives_the_same_outputs(model, tmp_path):
     again = load_model(str(path), inference=False)
     for a, b in zip(model.predict_on_batch(x), again.predict_on_batch(x)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_keras_retinanet_mobilenet_h5_loads(tmp_path):
+    """A MobileNet file in keras-retinanet's layout (keras.applications' layer names, no caffe_to_tf layer: its
+    'tf' preprocessing ran outside the model) is recognised, width from conv1, and loads to the same outputs."""
+    import h5py
+
+    from oid_retinanet.model.h5 import inspect_h5, load_keras_retinanet
+    from oid_retinanet.model.retinanet import retinanet
+    from tests.test_model import _write_keras2_h5
+
+    model = retinanet(3, backbone="mobilenet128_0.5")
+    rng = np.random.default_rng(3)
+    for v in model.weights:
+        v.assign((rng.standard_normal(v.shape) * 0.05).astype(np.float32) + (1.0 if "variance" in v.path else 0))
+    path = tmp_path / "mobilenet.h5"
+    _write_keras2_h5(model, path)
+    with h5py.File(path, "a") as f:
+        root = f["model_weights"]
+        del root["caffe_to_tf"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in root.attrs["layer_names"]]
+        root.attrs["layer_names"] = np.array([n for n in names if n != "caffe_to_tf"], dtype=object)
+    info = inspect_h5(path)
+    assert (info.backbone, info.num_classes, info.is_inference) == ("mobilenet224_0.5", 3, False)
+    loaded = load_keras_retinanet(path)
+    x = rng.normal(0, 60, (1, 64, 96, 3)).astype(np.float32)
+    for a, b in zip(model.predict_on_batch(x), loaded.predict_on_batch(x)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

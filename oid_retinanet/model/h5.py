@@ -38,6 +38,7 @@ from oid_retinanet.model.filter_detections import (
     NMS_THRESHOLD,
     SCORE_THRESHOLD,
 )
+from oid_retinanet.model.mobilenet import ALPHAS
 from oid_retinanet.model.resnet import (
     BLOCKS,
     CONV1_SAME,
@@ -74,7 +75,7 @@ class H5ModelInfo:
     """What a keras-retinanet .h5 file holds, as far as building a matching model needs."""
 
     path: str
-    depth: int
+    backbone: str  # 'resnet50', 'resnet101', 'resnet152' or a MobileNet ('mobilenet224_1.0', ...)
     conv1: str
     num_classes: int
     num_anchors: int
@@ -85,11 +86,6 @@ class H5ModelInfo:
     box_std: tuple = BOX_STD
     filter_config: dict = field(default_factory=dict)
     clip_size_minus_one: bool = True
-
-    @property
-    def backbone(self) -> str:
-        """'resnet50', 'resnet101' or 'resnet152'."""
-        return backbone_name(self.depth)
 
 
 @dataclass
@@ -220,6 +216,25 @@ def _weight_keys(group_name: str, entries: dict[tuple[str, str], tuple]) -> dict
     return out
 
 
+def _backbone_of(layer_names: list[str], groups: dict, path: str) -> str:
+    """The backbone a file's layers make: a ResNet by its residual blocks per stage, or keras-retinanet's
+    MobileNet (keras.applications' layer names; its width alpha from conv1's 32 * alpha filters; the resolution
+    in its name does not change the network, so 224 is named)."""
+    if "conv_pw_13" in layer_names and "conv1" in groups:
+        filters = groups["conv1"].get("kernel", (None, (0,)))[1][-1]
+        alpha = next((a for a in ALPHAS if round(32 * float(a)) == filters), None)
+        if alpha is None:
+            raise OIDInputError(f"a MobileNet whose conv1 has {filters} filters: not one of keras-retinanet's widths "
+                                f"{', '.join(ALPHAS)} (32 x alpha filters)", path=path)
+        return f"mobilenet224_{alpha}"
+    blocks = blocks_per_stage(layer_names)
+    depth = depth_of_blocks(blocks)
+    if depth is None:
+        raise OIDInputError(f"not a keras-retinanet ResNet50/101/152 or MobileNet model: residual blocks per stage "
+                            f"{blocks} (expected one of {sorted(BLOCKS.values())})", path=path)
+    return backbone_name(depth)
+
+
 def inspect_h5(path: str | Path) -> H5ModelInfo:
     """Infer backbone, conv1 variant, anchors, classes and (if present) inference settings from a .h5 file."""
     path = str(path)
@@ -230,11 +245,7 @@ def inspect_h5(path: str | Path) -> H5ModelInfo:
         version = _text(f.attrs.get("keras_version", root.attrs.get("keras_version", "")))
         config = _model_config(f)
 
-    blocks = blocks_per_stage(layer_names)
-    depth = depth_of_blocks(blocks)
-    if depth is None:
-        raise OIDInputError(f"not a keras-retinanet ResNet50/101/152 model: residual blocks per stage {blocks} "
-                            f"(expected one of {sorted(BLOCKS.values())})", path=path)
+    backbone = _backbone_of(layer_names, groups, path)
 
     conv1 = CONV1_ZERO_PADDING if "padding_conv1" in layer_names else CONV1_SAME
 
@@ -253,8 +264,8 @@ def inspect_h5(path: str | Path) -> H5ModelInfo:
         raise OIDInputError(f"pyramid_classification has {cls} outputs, not a multiple of {num_anchors} anchors",
                             path=path)
     is_inference = "filtered_detections" in layer_names
-    info = H5ModelInfo(path=path, depth=depth, conv1=conv1, num_classes=cls // num_anchors, num_anchors=num_anchors,
-                       is_inference=is_inference, keras_version=version,
+    info = H5ModelInfo(path=path, backbone=backbone, conv1=conv1, num_classes=cls // num_anchors,
+                       num_anchors=num_anchors, is_inference=is_inference, keras_version=version,
                        clip_size_minus_one=not _keras_version_is_standalone_2_3_or_older(version))
     if config is not None:
         _read_inference_config(info, config)
@@ -371,7 +382,7 @@ def load_keras_retinanet(path: str | Path, inference: bool | None = None, skip_m
     class_specific_filter, nms, clip_size_minus_one, ...).
     """
     info = inspect_h5(path)
-    model = retinanet(num_classes or info.num_classes, backbone=info.depth, conv1=info.conv1,
+    model = retinanet(num_classes or info.num_classes, backbone=info.backbone, conv1=info.conv1,
                       anchor_params=info.anchor_params, dtype_policy=dtype_policy)
     load_weights_h5(model, path, skip_mismatch=skip_mismatch)
     if inference is None:
