@@ -4,7 +4,7 @@ ResNet50 with 443 classes at the original's 768/1024 sizes with flip TTA (the im
 call), through `predict_images` (reading and resizing in threads, caching, failures list). Prints images/s
 and the share of the wall time spent outside the model call (reading, resizing, caching). Weights are the
 model's initialisation (prior-probability head bias), so few boxes pass the 0.05 score filter: the filtering
-cost of a trained model is not included. The GPU numbers need the device machine (not measured here).
+cost of a trained model is not included. The GPU numbers: bench/bench_gpu.py (bench/gpu/README.md).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class TimedModel:
         return out
 
 
-def make_images(folder: Path, n: int) -> list[str]:
-    """n JPEGs of 1024x768 with gradients, noise and shapes (made once, reused)."""
+def make_images(folder: Path, n: int, height: int = 768, width: int = 1024) -> list[str]:
+    """n JPEGs of width x height with noise and shapes (made once, reused: keep one size per folder)."""
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,13 +47,42 @@ def make_images(folder: Path, n: int) -> list[str]:
     for i in range(n):
         path = folder / f"{i:016x}.jpg"
         if not path.exists():
-            img = np.clip(rng.normal(128, 40, (768, 1024, 3)), 0, 255).astype(np.uint8)
-            for _ in range(8):
+            img = np.clip(rng.normal(128, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+            for _ in range(8):  # at 768 high: radius 20..149 px, centre in the left 768x768
                 c = tuple(int(v) for v in rng.integers(0, 255, 3))
-                cv2.circle(img, tuple(int(v) for v in rng.integers(0, 768, 2)), int(rng.integers(20, 150)), c, -1)
+                centre = tuple(int(v) for v in rng.integers(0, height, 2))
+                cv2.circle(img, centre, int(rng.integers(round(20 * height / 768), round(150 * height / 768))), c, -1)
             cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(str(path))
     return paths
+
+
+def measure_stage4(model, paths: list[str], work: Path, min_side: int = 768, max_side: int = 1024,
+                   flip: bool = True, batch_size: int = 1, workers: int = 2) -> dict:
+    """Stage 4 (`predict_images`) over paths[batch_size:] after a warm-up run on paths[:batch_size] (the same
+    call shapes, so compilation stays out): images/s and the share of the wall time outside the model call.
+
+    model: an inference model; its caches go to `work`/inference_cache*, emptied first.
+    """
+    from oid_retinanet.predict.inference import predict_images
+
+    timed = TimedModel(model)
+    warm = work / "inference_cache_warmup"
+    shutil.rmtree(warm, ignore_errors=True)
+    predict_images(timed, paths[:batch_size], warm, min_side, max_side, flip=flip, batch_size=batch_size,
+                   workers=workers, progress=False)
+    timed.seconds, timed.calls = 0.0, 0
+    cache = work / "inference_cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    t = time.perf_counter()
+    report = predict_images(timed, paths[batch_size:], cache, min_side, max_side, flip=flip, batch_size=batch_size,
+                            workers=workers, progress=False)
+    wall = time.perf_counter() - t
+    if report.failures:
+        raise RuntimeError(f"stage 4 could not read {len(report.failures)} images: {report.failures[0]}")
+    return {"images": report.predicted, "input": [min_side, max_side], "flip": flip, "batch_size": batch_size,
+            "workers": workers, "wall_s": wall, "model_s": timed.seconds, "model_calls": timed.calls,
+            "images_per_s": report.predicted / wall, "outside_model_share": 1 - timed.seconds / wall}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,27 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
-    from oid_retinanet.predict.inference import predict_images
 
     out = Path(args.out_dir)
     paths = make_images(out / "inference_images", args.n + 1)
-    model = TimedModel(retinanet_bbox(retinanet(443)))
-    warm = out / "inference_cache_warmup"
-    shutil.rmtree(warm, ignore_errors=True)
-    predict_images(model, paths[:1], warm, 768, 1024, flip=True, progress=False)  # compile and warm up
-    model.seconds, model.calls = 0.0, 0
-    cache = out / "inference_cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    t = time.perf_counter()
-    report = predict_images(model, paths[1:], cache, 768, 1024, flip=True, progress=False)
-    wall = time.perf_counter() - t
-    result = {"backend": keras.backend.backend(), "images": report.predicted, "input": [768, 1024],
-              "classes": 443, "flip": True, "wall_s": wall, "model_s": model.seconds,
-              "images_per_s": report.predicted / wall, "outside_model_share": 1 - model.seconds / wall,
+    stage4 = measure_stage4(retinanet_bbox(retinanet(443)), paths, out, 768, 1024, flip=True)
+    wall = stage4["wall_s"]
+    result = {"backend": keras.backend.backend(), "images": stage4["images"], "input": [768, 1024],
+              "classes": 443, "flip": True, "wall_s": wall, "model_s": stage4["model_s"],
+              "images_per_s": stage4["images_per_s"], "outside_model_share": stage4["outside_model_share"],
               "peak_rss_mb": peak_rss_mb(), "machine": machine_info()}
     write_result(args.out_dir, "bench_inference", result)
-    print(f"inference ({result['backend']}, ResNet50, 443 classes, 768x1024, flip TTA): {report.predicted} images "
-          f"in {wall:.1f} s = {result['images_per_s']:.3f} images/s; model call {model.seconds:.1f} s, "
+    print(f"inference ({result['backend']}, ResNet50, 443 classes, 768x1024, flip TTA): {result['images']} images "
+          f"in {wall:.1f} s = {result['images_per_s']:.3f} images/s; model call {result['model_s']:.1f} s, "
           f"outside the model {100 * result['outside_model_share']:.1f}% of the wall time; "
           f"peak {result['peak_rss_mb']:.0f} MB")
     return 0

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+from bench.common import machine_info  # noqa: E402
+
 REPO = BENCH.parent
 OUT = REPO / "bench_output"
 
@@ -80,12 +83,22 @@ def _model(r: dict) -> list[str]:
                     f"| {r7['batch1']['cpu_s']:.2f} CPU s "
                     f"| keras-retinanet 1.0.0 (fixture README): {r7['keras_retinanet_cpu_s']:.2f} CPU s "
                     f"| **{r7['speedup_cpu_vs_keras_retinanet']:.2f}x** (target >= 1.3x) |")
-    for key, label in (("resnet50_443_classes", "float32"), ("resnet50_443_classes_bf16", "bf16")):
-        m = r.get(key)
-        if m:
-            rows.append(f"| Model, ResNet50 443 classes {h}x{w}, {label} | batch 1: "
-                        f"{m['batch1']['images_per_s_wall']:.3f} img/s, flip batch 2: "
-                        f"{m['flip_batch2']['images_per_s_wall']:.3f} img/s (wall) | - | - |")
+    m, direct = r.get("resnet50_443_classes"), r.get("resnet50_443_classes_direct")
+    if m and direct:
+        rows.append(f"| Model, ResNet50 443 classes {h}x{w}, float32, Winograd classification conv (default) "
+                    f"| batch 1: {m['batch1']['cpu_s']:.2f} CPU s ({m['batch1']['images_per_s_wall']:.3f} img/s wall), "
+                    f"flip batch 2: {m['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image "
+                    f"| direct convolution (keras-retinanet's): {direct['batch1']['cpu_s']:.2f} CPU s, flip "
+                    f"{direct['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image "
+                    f"| **{m['batch1']['speedup_cpu_vs_direct']:.2f}x** "
+                    f"(flip {m['flip_batch2']['speedup_cpu_vs_direct']:.2f}x); same labels: "
+                    f"{m['same_labels_as_direct']}, scores max dev {m['max_abs_dev_scores_vs_direct']:.1g} |")
+    bf = r.get("resnet50_443_classes_bf16")
+    if bf:
+        rows.append(f"| Model, ResNet50 443 classes {h}x{w}, mixed bf16 | batch 1: "
+                    f"{bf['batch1']['images_per_s_wall']:.3f} img/s, flip batch 2: "
+                    f"{bf['flip_batch2']['images_per_s_wall']:.3f} img/s (wall) | float32 | "
+                    f"{bf['batch1']['speedup_cpu_vs_fp32']:.2f}x in CPU time |")
     return rows
 
 
@@ -136,10 +149,79 @@ def _train(r: dict) -> list[str]:
             f"**{r['ratio_generator_over_model_step']:.0f}x** the model step |"]
 
 
+def _gpu(r: dict) -> list[str]:
+    if "not_measured" in r:
+        return [f"| GPU benchmarks (bench_gpu.py: inference, training, stage 4 on a GPU) | {r['not_measured']} | | |"]
+    s, gpu = r["settings"], (r.get("gpu") or {}).get("name", "no GPU")
+    where = f"{gpu}, {s['height']}x{s['width']}, {s['classes']} classes" + (", --quick" if r.get("quick") else "")
+    reference = {(c["part"], c["dtype"], c.get("batch")): c["images_per_s"] for c in r["cases"]
+                 if c["group"] == "torchvision" and c["status"] == "ok"}
+    rows = []
+    for c in r["cases"]:
+        if c["status"] != "ok" or c["group"] == "torchvision" or c.get("variant", "full") != "full":
+            continue
+        if c["part"] == "stage4":
+            rows.append(f"| GPU stage 4 ({where}, {c['group']}, {c['dtype']}, flip TTA, {c['batch_size']} images a "
+                        f"call, {c['workers']} reading threads) | {c['images_per_s']:.1f} images/s | - "
+                        f"| {100 * c['outside_model_share']:.0f}% of the time outside the model call |")
+            continue
+        ref = reference.get((c["part"], c["dtype"], c["batch"]))
+        rows.append(f"| GPU {c['part']} ({where}, {c['group']}, {c['dtype']}, batch {c['batch']}) "
+                    f"| {c['images_per_s']:.1f} images/s | torchvision RetinaNet: "
+                    + (f"{ref:.1f} images/s | **{c['images_per_s'] / ref:.2f}x** |" if ref else "- | - |"))
+    failed = [c for c in r["cases"] if c["status"] != "ok"]
+    if failed:
+        rows.append(f"| GPU cases not measured | {len(failed)} of {len(r['cases'])} (errors or time budget: "
+                    "bench_output/bench_gpu.md) | | |")
+    return rows
+
+
 ROWS = {"bench_levels": _levels, "bench_image_params": _image_params, "bench_expand": _expand,
         "bench_oid_map": _oid_map, "bench_ensemble": _ensemble,
         "bench_model": _model, "bench_inference": _inference, "bench_serve": _serve,
-        "bench_targets": _targets, "bench_train": _train, "bench_train_quick": _train}
+        "bench_targets": _targets, "bench_train": _train, "bench_train_quick": _train, "bench_gpu": _gpu}
+
+# bench_gpu.py runs only where torch or jax sees a GPU (bench/gpu/README.md runs it on a lent GPU machine).
+GPU_PROBE = """
+import importlib.util, sys
+if importlib.util.find_spec("torch"):
+    import torch
+    if torch.cuda.is_available():
+        sys.exit(0)
+if importlib.util.find_spec("jax"):
+    import jax
+    try:
+        if jax.devices("gpu"):
+            sys.exit(0)
+    except RuntimeError:
+        pass
+sys.exit(1)
+"""
+
+
+def gpu_visible() -> bool:
+    """Whether torch or jax (whichever is installed) sees a GPU, asked in a separate process."""
+    try:
+        return subprocess.run([sys.executable, "-c", GPU_PROBE], capture_output=True, timeout=300).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def skip_gpu_bench() -> None:
+    """No GPU here: keep a result measured on a GPU machine (bench/gpu/README.md) if bench_output has one, else
+    write the 'not measured' row."""
+    path = OUT / "bench_gpu.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("gpu") and not old.get("quick"):
+            print(f"bench_gpu.py: no GPU here; keeping {path} (measured on {old['gpu'].get('name')})")
+            return
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"not_measured": "not measured: no GPU", "machine": machine_info()}, indent=1))
+    print("bench_gpu.py: not measured: no GPU")
 
 
 def _rows(name: str, result: dict) -> list[str]:
@@ -152,6 +234,9 @@ def main() -> int:
     scripts = sorted(BENCH.glob("bench_*.py"))
     for script in scripts:
         print(f"== {script.name}", flush=True)
+        if script.name == "bench_gpu.py" and not gpu_visible():
+            skip_gpu_bench()
+            continue
         proc = subprocess.run([sys.executable, str(script), "--out-dir", str(OUT)], cwd=REPO)
         if proc.returncode != 0:
             print(f"{script.name} failed (exit {proc.returncode})", file=sys.stderr)
