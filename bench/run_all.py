@@ -1,10 +1,12 @@
 """`make bench`: run every bench/bench_*.py, then write BENCHMARKS.md from their JSON results.
 
 Each benchmark measures its own baseline in the same run and prints the ratio; this script only collects.
+`bench/run_all.py bench_model bench_train` reruns only those and rewrites the report from all results.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -230,9 +232,19 @@ def _rows(name: str, result: dict) -> list[str]:
     return [f"| {name} | see bench_output/{name}.json | | |"]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("only", nargs="*", metavar="NAME",
+                        help="run only these benchmarks (e.g. bench_model); the report is still written from every "
+                             "result in bench_output/, the others' from their last run")
+    args = parser.parse_args(argv)
     scripts = sorted(BENCH.glob("bench_*.py"))
+    unknown = set(args.only) - {p.stem for p in scripts}
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}: expected names of bench/bench_*.py")
     for script in scripts:
+        if args.only and script.stem not in args.only:
+            continue
         print(f"== {script.name}", flush=True)
         if script.name == "bench_gpu.py" and not gpu_visible():
             skip_gpu_bench()
