@@ -9,7 +9,9 @@ keras-retinanet's recorded outputs. Rules, from the fixture's measured noise bet
 - detection count and labels: exact, except that detections whose recorded scores are within 1e-5 of each
   other may swap ranks (one such pair at 600/800: 0.09164103 / 0.09164101);
 - the filtering step alone, fed keras-retinanet's own raw outputs: bit for bit.
-Slow (600/800) tests are marked `slow`.
+Slow (600/800) tests are marked `slow`. The model-output comparisons run on every Keras backend (BACKENDS): the
+one this process runs directly, each other one in a subprocess that runs this file with KERAS_BACKEND set
+(skipped when that backend is not installed), with the same rules.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from oid_retinanet.model.anchors import anchors_for_shape, feature_shapes, gener
 from oid_retinanet.model.decode import bbox_transform_inv_np, clip_boxes_np  # noqa: E402
 from oid_retinanet.model.filter_detections import (  # noqa: E402
     FilterDetections,
+    _filter_detections_static,
     _nms_np,
     filter_detections_np,
     greedy_nms,
@@ -116,8 +119,7 @@ def inference_model(h5_files):
     return load_keras_retinanet(h5_files["inference"])
 
 
-@pytest.fixture(scope="module")
-def probe(inference_model):
+def _probe_of(inference_model):
     """One model giving the intermediates, raw outputs and detections in a single call (one trace per size)."""
     layers = sorted(set(INTERMEDIATES.values()))
     outputs = [inference_model.get_layer(name).output for name in layers] + list(inference_model.outputs)
@@ -131,6 +133,97 @@ def probe(inference_model):
         return out
 
     return run
+
+
+def _recorded_filter_inputs(stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """keras-retinanet's recorded raw outputs at 256/320, decoded: (boxes, classification) for the filter."""
+    recorded = np.load(_fx("outputs_min256_max320.npz"))
+    h, w = _meta()["outputs_min256_max320"][stem]["input_shape"][:2]
+    boxes = clip_boxes_np(bbox_transform_inv_np(_graph_anchors_np((h, w)), recorded[f"{stem}__regression"]), h, w)
+    return boxes, recorded[f"{stem}__classification"]
+
+
+def _overlapping_candidates() -> tuple[np.ndarray, np.ndarray]:
+    """400 heavily overlapping boxes (some degenerate) and 3 classes of scores with ties; 40% of the anchors have
+    no score above the threshold."""
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 60, (400, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(-2, 30, (400, 2)).astype(np.float32)], axis=1)
+    cls = rng.uniform(0, 1, (400, 3)).astype(np.float32) ** 3
+    cls[rng.uniform(size=400) < 0.4] *= 0.04
+    cls[rng.uniform(size=cls.shape) < 0.1] = 0.3
+    return boxes, cls
+
+
+# name -> class_specific_filter, nms, block, rows of the static-shape filtering (258 anchors pass the threshold)
+STATIC_FILTERS = {"blocks_of_3": (True, True, 3, 40), "rows_350": (True, True, 50, 350),
+                  "agnostic": (False, True, 3, 0), "no_nms": (True, False, 4096, 0)}
+
+
+def outputs_of(inference_model) -> dict[str, np.ndarray]:
+    """Everything the per-backend fixture comparisons check, computed by this process's Keras backend through
+    predict_on_batch (jit-compiled on JAX). Keys `case__name`: case `small` (128x160) or an IMAGES stem at 256/320
+    (the probe's outputs), `flip` (the 128x160 image and its mirror as one batch of two, and the mirror alone),
+    `filter_specific` / `filter_agnostic` (FilterDetections fed each stem's recorded raw outputs), `static` (the
+    STATIC_FILTERS on `_overlapping_candidates`; not on torch, whose top_k does not order equal scores by index
+    and which never takes that path)."""
+    run = _probe_of(inference_model)
+    small = preprocess_image(read_image_bgr(_image("img_small_128x160")))
+    out = {f"small__{name}": v for name, v in run(small).items()}
+    for stem in IMAGES:  # the raw outputs and detections only (the npz stays small)
+        got = run(resize_image(preprocess_image(read_image_bgr(_image(stem))), 256, 320)[0])
+        out.update({f"{stem}__{name}": got[name] for name in ("regression", "classification", "det_boxes",
+                                                               "det_scores", "det_labels")})
+    names = ("boxes", "scores", "labels")
+    pair = [np.asarray(v) for v in inference_model.predict_on_batch(np.stack([small, small[:, ::-1]]))]
+    mirror = [np.asarray(v)[0] for v in inference_model.predict_on_batch(small[None, :, ::-1])]
+    out.update({f"flip__pair_{n}": v for n, v in zip(names, pair)})
+    out.update({f"flip__mirror_{n}": v for n, v in zip(names, mirror)})
+    for class_specific, case in ((True, "filter_specific"), (False, "filter_agnostic")):
+        inputs = [keras.Input((None, 4)), keras.Input((None, 7))]
+        model = keras.Model(inputs, FilterDetections(class_specific_filter=class_specific)(inputs))  # one trace
+        for stem in IMAGES:
+            boxes, cls = _recorded_filter_inputs(stem)
+            values = model.predict_on_batch([boxes[None], cls[None]])
+            out.update({f"{case}__{stem}_{n}": np.asarray(v)[0] for n, v in zip(names, values)})
+    if keras.backend.backend() != "torch":
+        boxes, cls = (keras.ops.convert_to_tensor(a) for a in _overlapping_candidates())
+        for name, (class_specific, nms, block, rows) in STATIC_FILTERS.items():
+            values = _filter_detections_static(boxes, cls, class_specific, nms, 0.05, 300, 0.5, block=block, rows=rows)
+            out.update({f"static__{name}_{n}": keras.ops.convert_to_numpy(v) for n, v in zip(names, values)})
+    return out
+
+
+BACKENDS = ["tensorflow", "torch", "jax"]
+
+
+def _skip_unless_installed(backend: str) -> None:
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+
+
+def _backend_env(backend: str) -> dict[str, str]:
+    return dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def outputs(request, h5_files, inference_model) -> dict[str, np.ndarray]:
+    """`outputs_of` on each backend: here for this process's backend, else in a subprocess running this file."""
+    backend = request.param
+    if backend == keras.backend.backend():
+        return outputs_of(inference_model)
+    _skip_unless_installed(backend)
+    path = h5_files["inference"].parent / f"{backend}_outputs.npz"
+    result = subprocess.run([sys.executable, __file__, str(h5_files["inference"]), str(path)], capture_output=True,
+                            text=True, env=_backend_env(backend), cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(path) as npz:
+        return dict(npz)
+
+
+@pytest.fixture(scope="module")
+def probe(inference_model):
+    return _probe_of(inference_model)
 
 
 @pytest.fixture(scope="module")
@@ -366,20 +459,26 @@ def test_not_a_model_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- model outputs, 128x160
+def _case(outputs: dict[str, np.ndarray], case: str) -> dict[str, np.ndarray]:
+    """One case's entries of the `outputs` fixture, by name."""
+    return {k[len(case) + 2:]: v for k, v in outputs.items() if k.startswith(case + "__")}
+
+
 @pytest.mark.parametrize("key", [k for k in INTERMEDIATES if not k.endswith("_layer")])
-def test_intermediates_128x160(small_outputs, key):
+def test_intermediates_128x160(outputs, key):
     expected = np.load(_fx("intermediates_128x160.npz"))[key]
-    got = small_outputs[INTERMEDIATES[key]][..., :expected.shape[-1]]
+    got = outputs[f"small__{INTERMEDIATES[key]}"][..., :expected.shape[-1]]
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, **FEATURE_TOL)
 
 
-def test_graph_anchors_and_boxes_128x160(small_outputs):
+def test_graph_anchors_and_boxes_128x160(outputs):
+    small = _case(outputs, "small")
     recorded = np.load(_fx("intermediates_128x160.npz"))
-    assert np.array_equal(small_outputs["anchors"], recorded["anchors_layer"])  # float32, same arithmetic
-    assert _max_dev(small_outputs["anchors"], anchors_for_shape((128, 160))) <= 3.1e-5
-    np.testing.assert_allclose(small_outputs["boxes"], recorded["boxes_layer"], rtol=0, atol=BOX_ATOL)
-    np.testing.assert_allclose(small_outputs["clipped_boxes"], recorded["clipped_boxes_layer"], rtol=0, atol=BOX_ATOL)
+    assert np.array_equal(small["anchors"], recorded["anchors_layer"])  # float32, same arithmetic
+    assert _max_dev(small["anchors"], anchors_for_shape((128, 160))) <= 3.1e-5
+    np.testing.assert_allclose(small["boxes"], recorded["boxes_layer"], rtol=0, atol=BOX_ATOL)
+    np.testing.assert_allclose(small["clipped_boxes"], recorded["clipped_boxes_layer"], rtol=0, atol=BOX_ATOL)
 
 
 NEAR_TIE = 1e-5  # scores closer than this may come out in either order (README: near-ties may reorder)
@@ -406,29 +505,27 @@ def _assert_same_detections(boxes, scores, labels, ref_boxes, ref_scores, ref_la
     assert swapped <= 4, f"{swapped} near-tie reorderings"
 
 
-def test_detections_128x160(small_outputs):
+def test_detections_128x160(outputs):
+    small = _case(outputs, "small")
     recorded = np.load(_fx("intermediates_128x160.npz"))
-    _assert_same_detections(small_outputs["det_boxes"], small_outputs["det_scores"], small_outputs["det_labels"],
+    _assert_same_detections(small["det_boxes"], small["det_scores"], small["det_labels"],
                             recorded["det_boxes"], recorded["det_scores"], recorded["det_labels"])
 
 
-def test_flip_batch_of_two_equals_single_images(inference_model, small_outputs):
-    x = preprocess_image(read_image_bgr(_image("img_small_128x160")))
-    batch = np.stack([x, x[:, ::-1]])
-    boxes, scores, labels = (np.asarray(v) for v in inference_model.predict_on_batch(batch))
-    np.testing.assert_allclose(boxes[0], small_outputs["det_boxes"], atol=BOX_ATOL, rtol=0)
-    np.testing.assert_array_equal(labels[0], small_outputs["det_labels"])
-    single = [np.asarray(v)[0] for v in inference_model.predict_on_batch(batch[1:])]
-    np.testing.assert_array_equal(labels[1], single[2])
-    np.testing.assert_allclose(scores[1], single[1], atol=SCORE_ATOL, rtol=0)
+def test_flip_batch_of_two_equals_single_images(outputs):
+    small, flip = _case(outputs, "small"), _case(outputs, "flip")
+    np.testing.assert_allclose(flip["pair_boxes"][0], small["det_boxes"], atol=BOX_ATOL, rtol=0)
+    np.testing.assert_array_equal(flip["pair_labels"][0], small["det_labels"])
+    np.testing.assert_array_equal(flip["pair_labels"][1], flip["mirror_labels"])
+    np.testing.assert_allclose(flip["pair_scores"][1], flip["mirror_scores"], atol=SCORE_ATOL, rtol=0)
+    assert not np.array_equal(flip["mirror_boxes"], small["det_boxes"])  # the mirror is another image
 
 
 # ------------------------------------------------------------------------ model outputs, 256/320
 @pytest.mark.parametrize("stem", list(IMAGES))
-def test_outputs_min256_max320(probe, stem):
+def test_outputs_min256_max320(outputs, stem):
     recorded = np.load(_fx("outputs_min256_max320.npz"))
-    x, _ = resize_image(preprocess_image(read_image_bgr(_image(stem))), 256, 320)
-    out = probe(x)
+    out = _case(outputs, stem)
     np.testing.assert_allclose(out["regression"], recorded[f"{stem}__regression"], **FEATURE_TOL)
     np.testing.assert_allclose(out["classification"], recorded[f"{stem}__classification"], **FEATURE_TOL)
     assert _meta()["outputs_min256_max320"][stem]["n_detections"] == int((recorded[f"{stem}__scores"] > -1).sum())
@@ -451,24 +548,34 @@ def _graph_anchors_np(shape) -> np.ndarray:
 
 
 @pytest.mark.parametrize("class_specific", [True, False])
-def test_filtering_of_recorded_raw_outputs_is_bitwise(class_specific):
+def test_filtering_of_recorded_raw_outputs_is_bitwise(outputs, class_specific):
     """keras-retinanet's own raw outputs through our decoding and filtering: its detections bit for bit
     (class-specific). The class-agnostic option has no recording: the graph layer must equal the
     independent numpy implementation."""
     recorded = np.load(_fx("outputs_min256_max320.npz"))
-    inputs = [keras.Input((None, 4)), keras.Input((None, 7))]
-    model = keras.Model(inputs, FilterDetections(class_specific_filter=class_specific)(inputs))  # one trace
+    filtered = _case(outputs, "filter_specific" if class_specific else "filter_agnostic")
     for stem in IMAGES:
-        h, w = _meta()["outputs_min256_max320"][stem]["input_shape"][:2]
-        boxes = clip_boxes_np(bbox_transform_inv_np(_graph_anchors_np((h, w)), recorded[f"{stem}__regression"]), h, w)
-        cls = recorded[f"{stem}__classification"]
-        ref = filter_detections_np(boxes, cls, class_specific_filter=class_specific)
-        got = [np.asarray(v)[0] for v in model.predict_on_batch([boxes[None], cls[None]])]
+        ref = filter_detections_np(*_recorded_filter_inputs(stem), class_specific_filter=class_specific)
+        got = [filtered[f"{stem}_{n}"] for n in ("boxes", "scores", "labels")]
         for g, r in zip(got, ref):
-            assert np.array_equal(g, r), stem
+            assert g.dtype == r.dtype and np.array_equal(g, r), stem
         if class_specific:
             for r, key in zip(ref, ("boxes", "scores", "labels")):
                 assert np.array_equal(r, recorded[f"{stem}__{key}"]), (stem, key)
+
+
+def test_static_shape_filtering_equals_numpy(outputs):
+    """The static-shape filtering FilterDetections runs on JAX (candidates in blocks by top_k, first over the rows
+    of the anchors that pass when there are no more than `rows`), bit for bit the numpy implementation on
+    overlapping boxes with tied scores, whatever the block and row counts."""
+    static = _case(outputs, "static")
+    if not static:
+        pytest.skip("not on torch: torch.topk does not order equal scores by index (and torch never takes this path)")
+    for name, (class_specific, nms, _, _) in STATIC_FILTERS.items():
+        ref = filter_detections_np(*_overlapping_candidates(), class_specific_filter=class_specific, nms=nms)
+        assert int((ref[1] > -1).sum()) == (207 if name == "agnostic" else 300)  # the data fill the output
+        for n, r in zip(("boxes", "scores", "labels"), ref):
+            assert static[f"{name}_{n}"].dtype == r.dtype and np.array_equal(static[f"{name}_{n}"], r), (name, n)
 
 
 def test_filter_detections_options_hand_worked():
@@ -611,13 +718,20 @@ assert not np.array_equal(after, head)  # the heads learn
 for v in model.weights:  # frozen BatchNormalization: statistics and affine weights unchanged
     if v.path in frozen:
         assert np.array_equal(keras.ops.convert_to_numpy(v), frozen[v.path]), v.path
-boxes, scores, labels = retinanet_bbox(model)(x[:1])
+boxes, scores, labels = retinanet_bbox(model).predict_on_batch(x[:1])
 assert tuple(boxes.shape) == (1, 300, 4) and tuple(labels.shape) == (1, 300)
 """
 
 
-def test_from_scratch_model_trains_a_step_and_predicts():
-    exec(compile(TRAIN_STEP, "train_step", "exec"), {})
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_from_scratch_model_trains_a_step_and_predicts(backend):
+    if backend == keras.backend.backend():
+        exec(compile(TRAIN_STEP, "train_step", "exec"), {})
+        return
+    _skip_unless_installed(backend)  # the backend is fixed at import: a subprocess
+    result = subprocess.run([sys.executable, "-c", TRAIN_STEP], capture_output=True, text=True,
+                            env=_backend_env(backend), cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_bfloat16_option_within_its_measured_deviation(h5_files):
@@ -680,43 +794,6 @@ def test_convert_script(h5_files, small_outputs, tmp_path):
     assert not (tmp_path / "x.keras").exists()
 
 
-# ------------------------------------------------------------------------------------ other backends
-def _backend_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_other_backend_matches_fixture(h5_files, backend):
-    """The same loading and inference under KERAS_BACKEND=torch / jax (a subprocess: the backend is fixed at
-    import), checked against the recorded 128x160 outputs with the same tolerances; then a model from scratch
-    trains a step and predicts there."""
-    if not _backend_available(backend):
-        pytest.skip(f"{backend} is not installed")
-    code = f"""
-import json, sys, numpy as np
-from oid_retinanet.model.h5 import load_keras_retinanet
-from oid_retinanet.data.preprocess import read_image_bgr, preprocess_image
-import keras
-m = load_keras_retinanet({str(h5_files['inference'])!r})
-x = preprocess_image(read_image_bgr({str(_image('img_small_128x160'))!r}))[None]
-sub = keras.Model(m.input, [m.get_layer(n).output for n in ('P3', 'P7', 'regression', 'classification')])
-p3, p7, reg, cls = (np.asarray(keras.ops.convert_to_numpy(v))[0] for v in sub(x))
-b, s, l = (np.asarray(keras.ops.convert_to_numpy(v))[0] for v in m(x))
-np.savez(sys.argv[1], P3=p3, P7=p7, regression=reg, classification=cls, det_boxes=b, det_scores=s, det_labels=l)
-""" + TRAIN_STEP
-    out = h5_files["train"].parent / f"{backend}_outputs.npz"
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env,
-                            cwd=REPO, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = np.load(out)
-    recorded = np.load(_fx("intermediates_128x160.npz"))
-    for key in ("P3", "P7", "regression", "classification"):
-        np.testing.assert_allclose(got[key], recorded[key], **FEATURE_TOL)
-    _assert_same_detections(got["det_boxes"], got["det_scores"], got["det_labels"], recorded["det_boxes"],
-                            recorded["det_scores"], recorded["det_labels"])
-
-
 # ---------------------------------------------------------------------------------------- slow: 600/800
 @pytest.mark.slow
 def test_outputs_min600_max800_wide_image(probe):
@@ -734,3 +811,7 @@ def test_outputs_min600_max800_wide_image(probe):
                                atol=2e-3, rtol=0)
     _assert_same_detections(out["det_boxes"], out["det_scores"], out["det_labels"], recorded[f"{stem}__boxes"],
                             recorded[f"{stem}__scores"], recorded[f"{stem}__labels"])
+
+
+if __name__ == "__main__":  # the `outputs` fixture runs this file under another backend: model file in, .npz out
+    np.savez(sys.argv[2], **outputs_of(load_keras_retinanet(sys.argv[1])))

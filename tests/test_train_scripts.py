@@ -1,8 +1,10 @@
 """Stage 3 end to end: the three training scripts on a tiny generated level (two steps, a snapshot, a resume),
-data-parallel training on two logical CPU devices, and proof that the model learns (a few images overfit)."""
+data-parallel training on two logical CPU devices, and proof that the model learns (a few images overfit).
+The torch and JAX backends run in subprocesses (the backend is fixed at import), skipped when not installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +17,11 @@ import pytest
 from oid_retinanet.boxes.iou import pairwise_iou
 from tests.conftest import REPO
 from tests.train_helpers import make_tiny_level
+
+
+def _skip_unless_installed(backend: str) -> None:
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +90,18 @@ def test_training_script_defaults_and_errors(tiny, tmp_path, capsys):
     assert "none_03.keras" in capsys.readouterr().err
 
 
-def test_data_parallel_on_two_logical_cpus(tiny, tmp_path):
-    # A fresh process: the CPU is split into two logical devices before TensorFlow starts.
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_data_parallel_on_two_logical_cpus(backend, tiny, tmp_path):
+    # A fresh process: the trainer splits the CPU into two logical devices before the backend starts.
+    _skip_unless_installed(backend)
     snapshots = tmp_path / "snapshots"
-    cmd = [sys.executable, "retinanet_training_level_1/train_oid_level_1_resnet50.py",
-           *_args(tiny, snapshots, "--epochs", "1", "--multi-gpu", "2", "--batch-size", "2", "--no-evaluation")]
-    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    args = _args(tiny, snapshots, "--epochs", "1", "--multi-gpu", "2", "--batch-size", "2", "--no-evaluation")
+    cmd = [sys.executable, "-c", "import sys; from tests.train_helpers import train_data_parallel_and_check as t; "
+           "t(sys.argv[1:])", *args]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "KERAS_BACKEND": backend})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "data-parallel training on" in run.stderr and "CPU:1" in run.stderr
+    assert "data-parallel training on" in run.stderr and "cpu:1" in run.stderr.lower()
     assert (snapshots / "resnet50_oid_level_1_01.keras").is_file()
 
 
@@ -132,13 +143,16 @@ def test_mobilenet_backbone_trains_through_the_script(tiny, tmp_path):
     assert (snapshots / "mobilenet128_0.25_oid_level_1_01.keras").is_file()
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("torch") is None, reason="torch not installed")
-def test_training_on_the_torch_backend(tiny, tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_training_on_another_backend(backend, tiny, tmp_path):
+    _skip_unless_installed(backend)
     snapshots = tmp_path / "snapshots"
     cmd = [sys.executable, "retinanet_training_level_1/train_oid_level_1_resnet50.py",
            *_args(tiny, snapshots, "--epochs", "1", "--no-evaluation", "--mixed-precision")]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "KERAS_BACKEND": "torch"})
+                         env={**os.environ, "KERAS_BACKEND": backend})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((snapshots / "training_config.json").read_text())["backend"] == "torch"
+    assert json.loads((snapshots / "training_config.json").read_text())["backend"] == backend
+    log = pd.read_csv(snapshots / "training_log.csv")
+    assert log["epoch"].tolist() == [0] and np.isfinite(log["loss"]).all()
     assert (snapshots / "resnet50_oid_level_1_01.keras").is_file()

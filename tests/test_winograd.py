@@ -3,9 +3,13 @@
 Tolerances: float32 against float64 is judged relative to the output's largest magnitude. The Winograd path
 must be at least as accurate as Keras' own direct float32 convolution on the same input (measured ~7e-7 vs
 ~2.5e-6 on 256 channels); the layer must equal Conv2D with the same weights within 1e-5 of the output's scale.
+Every test runs on each installed Keras backend (the others in a subprocess running this file).
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -13,7 +17,8 @@ import pytest
 
 from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
 from oid_retinanet.model.winograd import MIN_FILTERS, WinogradConv2D, conv3x3_winograd
-from tests.test_model import _conv_np
+from tests.conftest import REPO
+from tests.test_model import BACKENDS, _backend_env, _conv_np, _skip_unless_installed
 
 
 def _relative(a, b) -> float:
@@ -113,3 +118,13 @@ def test_ineligible_convolution_is_refused():
         WinogradConv2D(8, 3, strides=2)
     with pytest.raises(ValueError, match="3x3"):
         WinogradConv2D(8, 5)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != keras.backend.backend()])
+def test_on_other_backends(backend):
+    _skip_unless_installed(backend)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                             "not test_on_other_backends"], capture_output=True, text=True,
+                            env=_backend_env(backend), cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout

@@ -53,3 +53,46 @@ def make_tiny_level(root: Path, n_train: int = 10, n_validation: int = 4, width:
                         "--subsets", "train", "validation"]) == 0
     next((dataset / "train").rglob(gone + ".jpg")).unlink()
     return TinyLevel(dataset, output)
+
+
+def train_data_parallel_and_check(argv: list[str]) -> None:
+    """Train with the ResNet50 script as `argv` says (`--multi-gpu 2`), then assert that it trained data-parallel
+    over two devices: Keras' distribution set, every model and optimizer variable on both devices, and (JAX)
+    every image batch split between them. Run in a fresh process: the backend and the devices are fixed at start."""
+    import keras
+
+    from oid_retinanet.train import trainer
+    from retinanet_training_level_1 import train_oid_level_1_resnet50 as script
+
+    histories = []
+    train = trainer.train
+    trainer.train = lambda args: histories.append(train(args)) or histories[-1]
+    backend = keras.backend.backend()
+    batches = []
+    if backend == "jax":
+        import jax
+
+        make_array = jax.make_array_from_process_local_data  # how Keras places each batch on the devices
+
+        def recording(sharding, data, *args, **kwargs):
+            batches.append(make_array(sharding, data, *args, **kwargs))
+            return batches[-1]
+
+        jax.make_array_from_process_local_data = recording
+    assert script.main(argv) == 0
+    model = histories[0].model
+    variables = model.weights + model.optimizer.variables
+    if backend == "jax":
+        assert isinstance(keras.distribution.distribution(), keras.distribution.DataParallel)
+        for v in variables:
+            assert len(v.value.sharding.device_set) == 2 and v.value.sharding.is_fully_replicated, v.path
+        images = [b for b in batches if b.ndim == 4]
+        assert len(images) >= 2, len(images)  # --steps 2 (Keras may place one more ahead)
+        for b in images:
+            assert b.shape[0] == 2 and sorted(s.data.shape[0] for s in b.addressable_shards) == [1, 1]
+            assert len({s.device for s in b.addressable_shards}) == 2
+    else:  # tensorflow: MirroredStrategy (it splits each batch between the replicas), a copy of each variable on each
+        strategy = model.distribute_strategy
+        assert strategy.num_replicas_in_sync == 2
+        for v in variables:
+            assert len(strategy.experimental_local_results(v.value)) == 2, v.path

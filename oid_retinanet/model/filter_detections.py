@@ -11,7 +11,8 @@ order).
 We run one greedy pass over all candidates sorted by (score desc, class, anchor), suppressing only within a
 class: the kept set and its order equal keras-retinanet's per-class NMS followed by top-k, and it stops after
 300 kept boxes instead of running 443 NMS calls. The IoU is TF's NMS formula (corners min/max-normalised,
-0 when an area is <= 0), so results match bit for bit.
+0 when an area is <= 0), so results match bit for bit. JAX's jit allows no data-dependent shape: there the same
+result comes from a static-shape variant that takes the candidates best first in fixed-size blocks (top_k).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ MAX_DETECTIONS = 300
 CLASS_SPECIFIC_FILTER = True
 NMS = True
 NMS_PREFIX = 4096  # candidates tried first by greedy_nms (a speed setting: results do not depend on it)
+STATIC_ROWS = 16384  # JAX: when no more anchors pass the score threshold, only their rows are searched (speed)
 
 
 def _argsort_descending(x):
@@ -42,10 +44,21 @@ def _normalized_corners(boxes):
     return x1, y1, x2, y2, (x2 - x1) * (y2 - y1)
 
 
+def _iou_over(corners_a, corners_b):
+    """IoU of boxes a with boxes b (broadcast), each x1, y1, x2, y2, area from `_normalized_corners`: TF's
+    NMS formula, 0 when an area is <= 0. Symmetric in a and b to the bit (min, max, + and * commute)."""
+    ax1, ay1, ax2, ay2, a_area = corners_a
+    bx1, by1, bx2, by2, b_area = corners_b
+    iw = ops.maximum(ops.minimum(ax2, bx2) - ops.maximum(ax1, bx1), 0.0)
+    ih = ops.maximum(ops.minimum(ay2, by2) - ops.maximum(ay1, by1), 0.0)
+    inter = iw * ih
+    valid = ops.logical_and(a_area > 0, b_area > 0)
+    return ops.where(valid, inter / ops.where(valid, a_area + b_area - inter, 1.0), 0.0)
+
+
 def _greedy(corners, labels, iou_threshold: float, max_output: int):
     """Greedy NMS over the given (sorted) candidates; returns (keep (max_output,) -1 padded, count)."""
-    x1, y1, x2, y2, areas = corners
-    n = ops.shape(x1)[0]
+    n = ops.shape(corners[0])[0]
     positions = ops.arange(max_output, dtype="int32")
     candidates = ops.arange(n, dtype="int32")
 
@@ -55,11 +68,7 @@ def _greedy(corners, labels, iou_threshold: float, max_output: int):
     def body(alive, keep, count):
         pick = ops.cast(ops.argmax(ops.cast(alive, "int32")), "int32")  # first alive = best remaining
         keep = ops.where(positions == count, pick, keep)
-        iw = ops.maximum(ops.minimum(x2[pick], x2) - ops.maximum(x1[pick], x1), 0.0)
-        ih = ops.maximum(ops.minimum(y2[pick], y2) - ops.maximum(y1[pick], y1), 0.0)
-        inter = iw * ih
-        valid = ops.logical_and(areas[pick] > 0, areas > 0)  # TF: IoU 0 when an area is <= 0
-        iou = ops.where(valid, inter / ops.where(valid, areas[pick] + areas - inter, 1.0), 0.0)
+        iou = _iou_over(tuple(c[pick] for c in corners), corners)
         suppressed = ops.logical_and(iou > iou_threshold, ops.equal(labels, labels[pick]))
         suppressed = ops.logical_or(suppressed, candidates == pick)
         return ops.logical_and(alive, ops.logical_not(suppressed)), keep, count + 1
@@ -86,13 +95,111 @@ def greedy_nms(boxes, labels, iou_threshold: float, max_output: int, prefix: int
                     lambda: _greedy(corners, labels, iou_threshold, max_output))
 
 
+def _filter_detections_static(boxes, classification, class_specific_filter: bool, nms: bool,
+                              score_threshold: float, max_detections: int, nms_threshold: float,
+                              block: int = NMS_PREFIX, rows: int = STATIC_ROWS):
+    """`filter_detections` with static shapes only (no `nonzero`), as jax.jit needs: the same results.
+
+    The candidates come best first in blocks of `block`, by top_k over the scores flattened class-major (equal
+    scores: lower index first, that is class, then anchor; class-agnostic: anchor). Each block is checked against
+    the boxes kept so far, then greedily within itself; it stops at max_detections kept boxes or when no
+    candidate is left. Only the top_k reads all anchors x classes; the greedy steps see one block.
+    `block` and `rows` change the speed, never the result.
+    """
+    n = ops.shape(classification)[0]
+    if class_specific_filter and 0 < rows < n:
+        # Most anchors have no class above the threshold: when at most `rows` anchors do, search their rows only
+        # (kept in anchor order, so equal scores order as before) instead of all anchors x classes.
+        args = (class_specific_filter, nms, score_threshold, max_detections, nms_threshold, block, 0)
+        best = ops.max(classification, axis=1)
+        top = ops.sort(ops.top_k(best, rows)[1])
+        return ops.cond(ops.sum(ops.cast(best > score_threshold, "int32")) <= rows,
+                        lambda: _filter_detections_static(ops.take(boxes, top, axis=0),
+                                                          ops.take(classification, top, axis=0), *args),
+                        lambda: _filter_detections_static(boxes, classification, *args))
+    if class_specific_filter:
+        flat = ops.reshape(ops.transpose(classification), (-1,))  # index = class * N + anchor
+    else:
+        flat = ops.max(classification, axis=1)
+        best_label = ops.cast(ops.argmax(classification, axis=1), "int32")
+    size = ops.shape(flat)[0]
+    passing = flat > score_threshold
+    remaining = ops.where(passing, flat, float("-inf"))
+
+    def anchors_and_labels(idx):
+        if class_specific_filter:
+            return idx % n, idx // n
+        return idx, ops.take(best_label, idx)
+
+    positions = ops.arange(max_detections, dtype="int32")
+    if not nms:
+        k = min(max_detections, size)
+        top_scores, top_idx = ops.top_k(remaining, k)
+        keep = ops.where(top_scores > score_threshold, ops.cast(top_idx, "int32"), -1)
+        keep = ops.concatenate([keep, ops.full((max_detections - k,), -1, "int32")])
+    else:
+        corners = _normalized_corners(boxes)  # per anchor
+        k = min(block, size)
+        total = ops.sum(ops.cast(passing, "int32"))
+        nms_labels = (lambda labels: labels) if class_specific_filter else ops.zeros_like
+
+        def outer_cond(remaining, done, keep, kept, kept_labels, count):
+            return ops.logical_and(count < max_detections, done < total)
+
+        def outer_body(remaining, done, keep, kept, kept_labels, count):
+            scores, idx = ops.top_k(remaining, k)
+            idx = ops.cast(idx, "int32")
+            remaining = ops.scatter_update(remaining, ops.expand_dims(idx, 1), ops.full((k,), float("-inf")))
+            anchors, labels = anchors_and_labels(idx)
+            labels = nms_labels(labels)
+            cand = tuple(ops.take(c, anchors) for c in corners)
+            # suppressed by a box kept in an earlier block (kept_labels -1 marks empty slots)
+            iou = _iou_over(tuple(ops.expand_dims(c, 1) for c in cand), tuple(ops.expand_dims(c, 0) for c in kept))
+            hit = ops.logical_and(iou > nms_threshold, ops.expand_dims(labels, 1) == ops.expand_dims(kept_labels, 0))
+            alive = ops.logical_and(scores > score_threshold, ops.logical_not(ops.any(hit, axis=1)))
+            within = ops.arange(k, dtype="int32")
+
+            def cond(alive, keep, kept, kept_labels, count):
+                return ops.logical_and(count < max_detections, ops.any(alive))
+
+            def body(alive, keep, kept, kept_labels, count):
+                pick = ops.cast(ops.argmax(ops.cast(alive, "int32")), "int32")  # first alive = best remaining
+                slot = positions == count
+                keep = ops.where(slot, idx[pick], keep)
+                kept = tuple(ops.where(slot, c[pick], kc) for c, kc in zip(cand, kept))
+                kept_labels = ops.where(slot, labels[pick], kept_labels)
+                iou = _iou_over(tuple(c[pick] for c in cand), cand)
+                suppressed = ops.logical_or(ops.logical_and(iou > nms_threshold, labels == labels[pick]),
+                                            within == pick)
+                return ops.logical_and(alive, ops.logical_not(suppressed)), keep, kept, kept_labels, count + 1
+
+            _, keep, kept, kept_labels, count = ops.while_loop(
+                cond, body, (alive, keep, kept, kept_labels, count), maximum_iterations=max_detections)
+            return remaining, done + k, keep, kept, kept_labels, count
+
+        kept = tuple(ops.zeros((max_detections,), "float32") for _ in range(5))
+        state = (remaining, ops.convert_to_tensor(0, "int32"), ops.full((max_detections,), -1, "int32"), kept,
+                 ops.full((max_detections,), -1, "int32"), ops.convert_to_tensor(0, "int32"))
+        keep = ops.while_loop(outer_cond, outer_body, state)[2]
+    valid = keep >= 0
+    anchors, labels = anchors_and_labels(ops.where(valid, keep, 0))
+    out_boxes = ops.take(ops.concatenate([boxes, ops.full((1, 4), -1.0, boxes.dtype)]),
+                         ops.where(valid, anchors, n), axis=0)
+    out_scores = ops.take(ops.concatenate([flat, ops.full((1,), -1.0, flat.dtype)]), ops.where(valid, keep, size))
+    return out_boxes, out_scores, ops.cast(ops.where(valid, labels, -1), "int32")
+
+
 def filter_detections(boxes, classification, class_specific_filter: bool = CLASS_SPECIFIC_FILTER, nms: bool = NMS,
                       score_threshold: float = SCORE_THRESHOLD, max_detections: int = MAX_DETECTIONS,
                       nms_threshold: float = NMS_THRESHOLD):
     """One image: boxes (N, 4), classification (N, K) -> boxes (M, 4), scores (M,), labels (M,) int32, -1 padded.
 
-    keras.ops with data-dependent shapes inside (eager torch, or TF graphs); M = max_detections.
+    keras.ops with data-dependent shapes inside (eager torch, or TF graphs); M = max_detections. On JAX, whose
+    jit allows no data-dependent shape, the static-shape variant computes the same result.
     """
+    if keras.backend.backend() == "jax":
+        return _filter_detections_static(boxes, classification, class_specific_filter, nms, score_threshold,
+                                         max_detections, nms_threshold)
     num_anchors = ops.shape(classification)[0]
     if class_specific_filter:
         anchor_idx, labels = ops.nonzero(classification > score_threshold)

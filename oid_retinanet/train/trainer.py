@@ -167,10 +167,16 @@ def _distribution(n: int):
     if backend == "jax":
         import jax
 
+        # Where there is no accelerator, JAX's devices are the CPU's: split it into n, as for TensorFlow above (the
+        # count applies to the CPU platform only, and only before JAX starts: else the devices stay as they are).
+        with contextlib.suppress(RuntimeError):
+            jax.config.update("jax_num_cpu_devices", n)
         devices = jax.devices()
         if len(devices) < n:
             raise OIDInputError(f"--multi-gpu {n}: JAX sees only {len(devices)} devices (for CPU devices set "
                                 f"XLA_FLAGS=--xla_force_host_platform_device_count={n})")
+        # Variables are replicated on every device and each batch is split along its first axis between them; set
+        # before the model is built, so that its variables are created distributed.
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices[:n]))
         log.info("data-parallel training on %s", ", ".join(str(d) for d in devices[:n]))
         return None
@@ -340,7 +346,7 @@ def train(args: argparse.Namespace):
     if args.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=args.tensorboard_dir))
     os.makedirs(args.snapshot_path, exist_ok=True)
-    callbacks.append(keras.callbacks.CSVLogger(os.path.join(args.snapshot_path, "training_log.csv"), append=True))
+    callbacks.append(cb.TrainingLog(os.path.join(args.snapshot_path, "training_log.csv"), append=True))
     if args.snapshots:
         callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level))
     _write_config(args, inputs, train_data.num_classes, initial_epoch)
