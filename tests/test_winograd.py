@@ -121,10 +121,12 @@ def test_ineligible_convolution_is_refused():
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != keras.backend.backend()])
-def test_on_other_backends(backend):
+def test_on_other_backends(backend, tmp_path):
     _skip_unless_installed(backend)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                             "not test_on_other_backends"], capture_output=True, text=True,
+    # --basetemp inside ours: the inner pytest must not rotate (delete) the outer run's temporary folders
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                             str(tmp_path / "pytest"), __file__, "-k", "not test_on_other_backends"],
+                            capture_output=True, text=True,
                             env=_backend_env(backend), cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
