@@ -12,7 +12,14 @@ from oid_retinanet.demo.__main__ import main
 
 
 def test_quick_demo_runs_every_stage(tmp_path, capsys):
+    # an earlier run's files are removed first (stage 4 would otherwise reuse their cached predictions)
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "summary.json").write_text("{}")
+    stale = tmp_path / "cache_model_0" / "0000000000000000.npz"
+    stale.parent.mkdir()
+    stale.write_bytes(b"stale")
     assert main(["--quick", "--output-dir", str(tmp_path)]) == 0
+    assert not stale.exists()
     summary = json.loads((tmp_path / "summary.json").read_text())
     names = [s["name"] for s in summary["stages"]]
     for prefix in ("0.", "1.", "1b.", "2.", "3.", "3b.", "4.", "5.", "6.", "7."):
@@ -29,3 +36,10 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     assert (tmp_path / "models" / "demo_model_0_inference.keras").is_file() and summary["visualized"]
     assert summary["serve_sides"] == [96, 128]  # the web demo predicts at the sides the model was trained at
     assert "OID mAP on the validation split" in capsys.readouterr().out
+
+
+def test_a_folder_that_is_no_demo_run_is_left_alone(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["--quick", "--output-dir", str(tmp_path)]) == 2
+    assert "holds no earlier demo run" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -217,3 +217,19 @@ def test_training_log_writes_only_logged_columns(tmp_path):
     log = pd.read_csv(path)
     assert list(log.columns) == ["epoch", "loss"]  # keras.callbacks.CSVLogger: also an all-NA val_loss
     assert log["epoch"].tolist() == [0, 1] and np.isfinite(log["loss"]).all()
+
+
+def test_snapshot_keeps_the_newest(tmp_path):
+    """--keep-snapshots 2: after three epochs the snapshots of epochs 2 and 3 remain (another level's stays)."""
+    import keras
+
+    from oid_retinanet.train.callbacks import Snapshot, latest_snapshot, snapshots
+
+    (tmp_path / "resnet50_oid_level_2_01.keras").write_bytes(b"another level")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((4, 3), "float32"), np.zeros((4, 1), "float32"), epochs=3, verbose=0,
+              callbacks=[Snapshot(tmp_path, "resnet50", "1", keep=2)])
+    assert [epoch for epoch, _ in snapshots(tmp_path, "resnet50", "1")] == [2, 3]
+    assert latest_snapshot(tmp_path, "resnet50", "1").name == "resnet50_oid_level_1_03.keras"
+    assert (tmp_path / "resnet50_oid_level_2_01.keras").exists()

@@ -88,6 +88,20 @@ def test_training_script_defaults_and_errors(tiny, tmp_path, capsys):
     with_weights = [a for a in _args(tiny, tmp_path) if a != "--no-weights"]
     assert r101.main([*with_weights, "--snapshot", str(tmp_path / "none_03.keras")]) == 2
     assert "none_03.keras" in capsys.readouterr().err
+    assert r101.main(_args(tiny, tmp_path, "--keep-snapshots", "-1")) == 2
+    assert "--keep-snapshots -1" in capsys.readouterr().err
+
+
+def test_tensorboard_without_the_package_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from retinanet_training_level_1 import train_oid_level_1_resnet50 as r50
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard"
+                        else find_spec(name, *a))
+    assert r50.main(_args(tiny, tmp_path, "--tensorboard-dir", str(tmp_path / "tb"))) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err and not (tmp_path / "tb").exists()
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])

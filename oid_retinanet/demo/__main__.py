@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ def _stages(data: Path, out: Path, plan: Plan) -> list[Stage]:
                 LABELS_FILTER, "--dataset-path", str(data), "--output-path", str(levels), "--snapshot-path",
                 str(snapshots), "--image-min-side", str(plan.min_side), "--image-max-side", str(plan.max_side),
                 "--batch-size", str(plan.batch_size), "--epochs", str(plan.epochs), "--steps", str(plan.steps),
-                "--lr", str(plan.lr), "--seed", str(seed), "--no-evaluation"], snapshots),
+                "--lr", str(plan.lr), "--seed", str(seed), "--no-evaluation", "--keep-snapshots", "1"], snapshots),
             Stage(f"3b. convert model {seed} to an inference model", [
                 "retinanet_training_level_1/convert_retinanet_model.py",
                 str(snapshots / f"{plan.backbone}_oid_level_1_{plan.epochs:02d}.keras"), str(inference)], inference),
@@ -135,7 +136,8 @@ def _table(paths: list[str], limit: int = 8) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="demo_output")
+    p.add_argument("--output-dir", default="demo_output",
+                   help="emptied first when it holds an earlier demo run (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DatasetSpec.seed, help="seed of the generated dataset")
     p.add_argument("--quick", action="store_true", help="a tiny run that checks every stage (mAPs meaningless)")
     p.add_argument("--epochs", type=int, help=f"training epochs of each model (default: {FULL.epochs})")
@@ -144,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     plan = replace(plan, epochs=args.epochs or plan.epochs, steps=args.steps or plan.steps)
     out = Path(args.output_dir).resolve()
+    if out.exists() and any(out.iterdir()):
+        # A new run on top of an old one would mix them (stage 4 skips images already in a cache folder).
+        if not ((out / "summary.json").exists() or (out / "dataset").is_dir()):
+            print(f"{out} is not empty and holds no earlier demo run: choose another --output-dir", file=sys.stderr)
+            return 2
+        print(f"== removing the earlier demo run in {out}", flush=True)
+        shutil.rmtree(out)
     data = out / "dataset"
     summary: dict = {"stages": []}
     started = time.perf_counter()

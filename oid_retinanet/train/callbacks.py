@@ -34,24 +34,31 @@ def snapshot_epoch(path: str | os.PathLike) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def snapshots(folder: str | os.PathLike, backbone: str, level: str) -> list[tuple[int, Path]]:
+    """(epoch, path) of this backbone's and level's snapshots in `folder`, oldest first."""
+    return sorted((snapshot_epoch(p), p) for p in Path(folder).glob(f"{backbone}_oid_level_{level}_*{SNAPSHOT_SUFFIX}")
+                  if snapshot_epoch(p) is not None)
+
+
 def latest_snapshot(folder: str | os.PathLike, backbone: str, level: str) -> Path | None:
     """The snapshot of the highest epoch in `folder` for this backbone and level, if any."""
-    found = sorted((snapshot_epoch(p), p) for p in Path(folder).glob(f"{backbone}_oid_level_{level}_*{SNAPSHOT_SUFFIX}")
-                   if snapshot_epoch(p) is not None)
+    found = snapshots(folder, backbone, level)
     return found[-1][1] if found else None
 
 
 class Snapshot(keras.callbacks.Callback):
     """Save the whole training model (weights, optimizer state, compile settings) after every epoch.
 
-    Written under a temporary name and renamed, so a run killed while saving leaves no half snapshot.
+    Written under a temporary name and renamed, so a run killed while saving leaves no half snapshot. keep > 0:
+    after each save, only the `keep` newest snapshots of this backbone and level stay in the folder.
     """
 
-    def __init__(self, folder: str | os.PathLike, backbone: str, level: str) -> None:
+    def __init__(self, folder: str | os.PathLike, backbone: str, level: str, keep: int = 0) -> None:
         super().__init__()
         self.folder = Path(folder)
         self.backbone = backbone
         self.level = level
+        self.keep = keep
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -64,6 +71,10 @@ class Snapshot(keras.callbacks.Callback):
             if tmp.exists():
                 tmp.unlink()
         log.info("epoch %d: snapshot %s", epoch + 1, final)
+        if self.keep > 0:
+            for _, old in snapshots(self.folder, self.backbone, self.level)[:-self.keep]:
+                old.unlink()
+                log.info("removed the older snapshot %s (--keep-snapshots %d)", old, self.keep)
 
 
 class TrainingLog(keras.callbacks.CSVLogger):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -80,6 +81,9 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
     p.add_argument("--lr", type=positive_float, default=LEARNING_RATE,
                    help=f"Adam learning rate, clipnorm {CLIPNORM} (default: %(default)s)")
     p.add_argument("--no-snapshots", dest="snapshots", action="store_false", help="do not save snapshots")
+    p.add_argument("--keep-snapshots", type=int, default=0, metavar="N",
+                   help="keep only the newest N snapshots of this run (a ResNet50's is ~440 MB with its optimizer "
+                        "state); 0 keeps all, as the original (default: %(default)s)")
     p.add_argument("--no-evaluation", dest="evaluation", action="store_false", help="no per-epoch validation mAP")
     p.add_argument("--eval-metric", choices=["voc", "oid"], default="voc",
                    help="per-epoch metric: keras-retinanet's VOC-style mAP (the original's) or the OID "
@@ -120,6 +124,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise OIDInputError(f"--batch-size {args.batch_size} must be a multiple of --multi-gpu {args.multi_gpu}")
     if args.resume and args.snapshot:
         raise OIDInputError("--resume finds the snapshot itself: give --resume or --snapshot, not both")
+    if args.keep_snapshots < 0:
+        raise OIDInputError(f"--keep-snapshots {args.keep_snapshots}: give 0 (keep all) or a positive count")
+    if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
+        raise OIDInputError("--tensorboard-dir needs the tensorboard package, which requirements.txt leaves out: "
+                            "pip install tensorboard==2.21.0")
     return args
 
 
@@ -348,7 +357,7 @@ def train(args: argparse.Namespace):
     os.makedirs(args.snapshot_path, exist_ok=True)
     callbacks.append(cb.TrainingLog(os.path.join(args.snapshot_path, "training_log.csv"), append=True))
     if args.snapshots:
-        callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level))
+        callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level, keep=args.keep_snapshots))
     _write_config(args, inputs, train_data.num_classes, initial_epoch)
     write_class_descriptions(os.path.join(args.snapshot_path, CLASSES_FILE),
                              zip(train_data.classes.mids, train_data.classes.names))
