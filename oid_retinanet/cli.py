@@ -41,6 +41,13 @@ def script_main(func: Callable[..., int]) -> Callable[..., int]:
             print(f"{prog}: interrupted; finished outputs are kept, unfinished ones were not written",
                   file=sys.stderr)
             return 130
+        except ModuleNotFoundError as exc:
+            backend = os.environ.get("KERAS_BACKEND", "")
+            if not backend or (exc.name or "").split(".")[0] != backend:
+                raise
+            print(f"error: KERAS_BACKEND={backend}, but {backend} is not installed (README: choosing the backend; "
+                  "tested: jax==0.10.2 jaxlib==0.10.2, torch==2.13.0)", file=sys.stderr)
+            return EXIT_USER_ERROR
 
     return wrapper
 

@@ -202,3 +202,18 @@ def test_500_class_challenge_tree():
     assert set(h.mids) == set(c500.mids)
     # Mammal is not in the 500 list, so Cat's parent chain skips it
     assert [c500.name(m) for m in h.ancestors(c500.mid("Cat"))] == ["Carnivore", "Animal"]
+
+
+def test_missing_backend_is_one_line(monkeypatch, capsys):
+    """KERAS_BACKEND naming a backend that is not installed: one line and exit 2; other missing modules raise."""
+    from oid_retinanet.cli import script_main
+
+    @script_main
+    def needs(argv):
+        raise ModuleNotFoundError(f"No module named '{argv[0]}'", name=argv[0])
+
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert needs(["jax"]) == 2
+    assert "KERAS_BACKEND=jax, but jax is not installed" in capsys.readouterr().err
+    with pytest.raises(ModuleNotFoundError):
+        needs(["cv2"])
