@@ -12,7 +12,8 @@ Per image the boxes scoring at least --skip-box-thr are merged, the best --limit
 Defaults are the originals' (2018: two level-1 caches under OUTPUT_PATH, thr 0.01, IoU 0.55, 400 boxes,
 avg; 2019: level-5 caches, thr 0.15, IoU 0.55, 600 boxes, avg); the output goes to SUBM_PATH under the
 original's name. Labels: the model's class list (--labels FILE, a MID,DisplayName CSV such as
-class-descriptions-boxable-level-K.csv) or the built-in list of --level.
+class-descriptions-boxable-level-K.csv), else the list recorded in the cache folders (their classes.csv, written
+by stage 4; folders of models with different lists are an error), else the built-in list of --level.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def build_parser(description: str | None, variant: str) -> argparse.ArgumentPars
     p.add_argument("--weights", nargs="+", type=positive_float, metavar="W",
                    help="one weight per model (default: equal, as the original)")
     p.add_argument("--labels", metavar="FILE",
-                   help="the models' class list, MID,DisplayName per line in label order (default: the built-in "
-                        "list of --level)")
+                   help="the models' class list, MID,DisplayName per line in label order (default: the list "
+                        "recorded in the cache folders, else the built-in list of --level)")
     p.add_argument("--level", default=None, choices=[str(k) for k in range(1, 8)],
                    help=f"level of the built-in label list and default folders (default: {DEFAULT_LEVEL['2018']} "
                         f"for 2018, {DEFAULT_LEVEL['2019']} for 2019)")
@@ -109,9 +110,16 @@ def run(args: argparse.Namespace) -> int:
     labels = None
     if cache_dirs is not None:
         from oid_retinanet.oid.levels import levels_2018, levels_2019  # pandas: only when the built-in list is used
+        from oid_retinanet.predict.cache import caches_classes, check_classes
 
+        recorded = caches_classes(cache_dirs)
         if args.labels:
-            labels = read_class_descriptions(args.labels).mids
+            given = read_class_descriptions(args.labels)
+            for folder in cache_dirs:
+                check_classes(folder, given)
+            labels = given.mids
+        elif recorded is not None:
+            labels = recorded.mids
         elif variant == "2018":
             if level not in ("1", "2", "3", "4", "5"):
                 raise OIDInputError(f"2018 has levels 1-5, not {level}; give --labels")

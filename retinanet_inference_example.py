@@ -9,7 +9,9 @@ at --iou-thr, the best --limit-boxes) into `ImageId,PredictionString` rows.
 
 --weights: a keras-retinanet .h5 (training or converted) or one of ours (.keras); a training model is
 converted to an inference model on load. --labels: the model's classes (MID,DisplayName CSV in output
-order); by default the released models' lists are used for 443 (2018 level 1) and 500 (2019) classes.
+order); by default the released models' lists are used for 443 (2018 level 1) and 500 (2019) classes. The
+cache folder records the list in classes.csv: --from-cache reads it from there, and a model with another
+class list cannot write into the folder.
 --no-flip predicts the image alone: its cache files have one row and the CSV keeps its scores as they are
 (a second, empty row would give the image's boxes the weight 1/2 of a two-list merge and halve them).
 --shard I/N predicts every N-th of the sorted images (run the N shards anywhere on one cache folder) and
@@ -48,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", help="a folder, a glob pattern (quoted) or a .txt list of image paths")
     p.add_argument("--labels", metavar="FILE",
                    help="the model's classes, MID,DisplayName per line in output order (default: the released "
-                        "models' list for 443 or 500 classes)")
+                        "models' list for 443 or 500 classes; with --from-cache: the cache folder's classes.csv)")
     p.add_argument("--cache-dir", help="prediction cache folder (default: OUTPUT_PATH/cache_retinanet_<weights stem>/)")
     p.add_argument("--output", help="CSV to write (default: SUBM_PATH/retinanet_<weights stem>_predictions.csv)")
     p.add_argument("--min-side", type=positive_int,
@@ -80,11 +82,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _labels(args: argparse.Namespace, num_classes: int | None):
-    """The model's class list: --labels, or the released list for its class count."""
+def _labels(args: argparse.Namespace, num_classes: int | None, cache_dir: str):
+    """The model's class list: --labels, else the one recorded in the cache folder with --from-cache, else the
+    released list for its class count; checked against the cache folder's record."""
     from oid_retinanet.oid.levels import model_class_list
+    from oid_retinanet.predict.cache import check_classes, recorded_classes
 
-    return model_class_list(args.labels, num_classes, C.CLASS_DESCRIPTIONS_CSV)
+    recorded = recorded_classes(cache_dir) if args.from_cache and not args.labels else None
+    if recorded is not None:
+        if num_classes is not None and len(recorded) != num_classes:
+            raise OIDInputError(f"{len(recorded)} classes, but the model has {num_classes}", recorded.source)
+        return recorded
+    labels = model_class_list(args.labels, num_classes, C.CLASS_DESCRIPTIONS_CSV)
+    check_classes(cache_dir, labels)
+    return labels
 
 
 @script_main
@@ -115,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             info = h5.inspect_h5(args.weights)
             backbone, num_classes = info.backbone, info.num_classes
         log.info("%s: %s, %d classes", args.weights, backbone, num_classes)
-    labels = _labels(args, num_classes)
+    labels = _labels(args, num_classes, cache_dir)
 
     if not args.from_cache:
+        from oid_retinanet.predict.cache import record_classes
         from oid_retinanet.predict.inference import default_sides, list_images, predict_images, shard, visualize
 
         paths = list_images(args.images)
@@ -128,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         min_side, max_side = args.min_side or min_side, args.max_side or max_side
         if model is None:
             model = h5.load_model(args.weights, inference=True)
+        record_classes(cache_dir, labels)
         report = predict_images(model, paths, cache_dir, min_side, max_side, flip=args.flip,
                                 batch_size=args.batch_size, workers=args.workers)
         if report.failures:

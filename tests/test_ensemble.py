@@ -30,13 +30,14 @@ from oid_retinanet.boxes.merge import (
 )
 from oid_retinanet.boxes.wbf import fuse_batch, prefilter, weighted_boxes_fusion
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.oid.classes import read_class_descriptions, write_class_descriptions
+from oid_retinanet.oid.classes import ClassList, read_class_descriptions, write_class_descriptions
 from oid_retinanet.oid.levels import levels_2018, levels_2019
 from oid_retinanet.predict.cache import (
     cache_file,
     cache_ids,
     read_cache,
     read_packed,
+    record_classes,
     unpack_to_dir,
     write_cache,
 )
@@ -587,3 +588,47 @@ def test_unequal_model_weights(z18_dirs, level1_mids):
             expected = slow_merge(lists, 0.55, "avg", "2018", weights)
             np.testing.assert_array_equal(rows[image == i], expected)
         break
+
+
+def _recorded_copies(tmp_path, dirs, classes):
+    """Links to the cache files of `dirs` in new folders, each recording its list of `classes` (ClassList)."""
+    copies = []
+    for k, (folder, listing) in enumerate(zip(dirs, classes)):
+        copy = tmp_path / f"recorded_{k}"
+        copy.mkdir()
+        for image_id in cache_ids(folder):
+            (copy / f"{image_id}.npz").symlink_to(cache_file(folder, image_id))
+        record_classes(copy, listing)
+        copies.append(str(copy))
+    return copies
+
+
+def test_class_list_recorded_in_the_caches_is_used(g19_dirs, tmp_path):
+    """No --labels: the folders' classes.csv names the labels (the level-2 list, not the built-in level 5)."""
+    level2 = ClassList(*zip(*levels_2019()["2"].classes))
+    dirs = _recorded_copies(tmp_path, g19_dirs, [level2, level2])
+    out = tmp_path / "ensemble.csv"
+    assert ensemble_script_2019.main(["--cache-dirs", *dirs, "--output", str(out), "--workers", "1"]) == 0
+    assert_same_predictions(fixture_path(SEED, "expected", "gujingxiao", "ensemble", "ensemble_level2_avg.csv"),
+                            out, score_tol=1e-3, coord_tol=1e-3)
+
+
+def test_caches_of_different_class_lists_are_an_error(g19_dirs, tmp_path, capsys):
+    level2 = ClassList(*zip(*levels_2019()["2"].classes))
+    other = ClassList(level2.mids[:5] + ("/m/0other",) + level2.mids[6:], level2.names[:5] + ("Other",)
+                      + level2.names[6:])
+    dirs = _recorded_copies(tmp_path, g19_dirs, [level2, other])
+    out = tmp_path / "ensemble.csv"
+    assert ensemble_script.main(["--cache-dirs", *dirs, "--variant", "2019", "--output", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert "recorded_1" in line and "classes.csv" in line and "label 5 is /m/0other (Other)" in line
+    labels = tmp_path / "labels.csv"
+    write_class_descriptions(labels, zip(level2.mids, level2.names))
+    assert ensemble_script.main(["--cache-dirs", dirs[1], "--variant", "2019", "--labels", str(labels),
+                                 "--output", str(out)]) == 2
+    assert "label 5 is /m/0other (Other), not " in _one_error_line(capsys)
+    short = ClassList(level2.mids[:7], level2.names[:7], source="short.csv")
+    with pytest.raises(OIDInputError, match="holds predictions of another class list: 133 classes, not the 7 of "
+                                            "short.csv"):
+        record_classes(dirs[0], short)
+    assert not out.exists()

@@ -31,7 +31,7 @@ import retinanet_inference_example as script  # noqa: E402
 from oid_retinanet.data.preprocess import prepare_image  # noqa: E402
 from oid_retinanet.model.h5 import load_keras_retinanet  # noqa: E402
 from oid_retinanet.oid.classes import read_class_descriptions  # noqa: E402
-from oid_retinanet.predict.cache import cache_file, cache_ids, read_cache  # noqa: E402
+from oid_retinanet.predict.cache import cache_file, cache_ids, read_cache, recorded_classes  # noqa: E402
 from oid_retinanet.predict.ensemble import write_mirror_merged_csv  # noqa: E402
 from oid_retinanet.predict.inference import (  # noqa: E402
     FAILURES_FILE,
@@ -205,10 +205,10 @@ def test_model_error_keeps_finished_work(env, model, tmp_path):
 def test_model_facts_and_default_labels(model):
     assert (model_backbone(model), model_num_classes(model)) == ("resnet50", 7)
     args = script.parse_args(["--from-cache", "--cache-dir", "x"])
-    released = script._labels(args, 443)
+    released = script._labels(args, 443, "x")
     assert len(released) == 443 and all(m.startswith("/m/") for m in released.mids)
     with pytest.raises(Exception, match="no released class list has 7 classes"):
-        script._labels(args, 7)
+        script._labels(args, 7, "x")
 
 
 def test_csv_is_the_mirror_merge_of_the_cache(env, clean_run, tmp_path):
@@ -229,6 +229,23 @@ def test_from_cache_needs_no_model(env, clean_run, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert out.read_text() == clean_run["csv"].read_text()
+
+
+def test_cache_folder_records_its_class_list(env, clean_run, tmp_path, capsys):
+    """classes.csv: --from-cache needs no --labels; a model with another class list may not write there."""
+    assert recorded_classes(clean_run["cache"]).mids == read_class_descriptions(str(env["labels"])).mids
+    out = tmp_path / "from_cache.csv"
+    assert script.main(["--from-cache", "--cache-dir", str(clean_run["cache"]), "--output", str(out)]) == 0
+    assert out.read_text() == clean_run["csv"].read_text()
+    other = tmp_path / "other.csv"
+    other.write_text("".join(f"/m/0other{i},Other {i}\n" for i in range(7)))
+    before = sorted(os.listdir(clean_run["cache"]))
+    rc = script.main(["--weights", str(env["inference"]), "--images", str(env["images"]), "--labels", str(other),
+                      "--cache-dir", str(clean_run["cache"]), "--output", str(tmp_path / "o.csv"), *SIDES])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "classes.csv" in err and "label 0 is /m/0cls0 (Class 0), not /m/0other0 (Other 0)" in err
+    assert sorted(os.listdir(clean_run["cache"])) == before and not (tmp_path / "o.csv").exists()
 
 
 def test_resume_after_kill(env, clean_run, tmp_path):

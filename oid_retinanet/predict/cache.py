@@ -16,6 +16,10 @@ label -1 and box -1, always after the real detections. float64 boxes and scores 
 and kept as they are. Files are written under a temporary name and renamed, so a file under its final name
 is always complete; the temporary names do not end in `.npz` and are never read as caches.
 
+The folder also holds `classes.csv` (MID,DisplayName per line, in label order): the class list of the model
+that wrote it, so that the stages reading the folder name its label indices right without being told, and a
+second model with another class list cannot write into the same folder.
+
 The recorded fixtures pack many images into one file (`ids` (n,), `boxes` (n, R, N, 4), `scores` (n, R, N),
 `labels` (n, R, N)); `read_packed` and `unpack_to_dir` read that layout.
 """
@@ -35,9 +39,11 @@ import numpy as np
 
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path
+from oid_retinanet.oid.classes import ClassList, read_class_descriptions, write_class_descriptions
 
 CACHE_SUFFIX = ".npz"
 MEMBERS = ("boxes", "scores", "labels")
+CLASSES_FILE = "classes.csv"  # the class list of the model that wrote the folder
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, 'shape': \(([\d, ]*)\), *\}")
 
 
@@ -192,6 +198,43 @@ def iter_cache_dir(cache_dir: str | os.PathLike, ids: Iterable[str] | None = Non
     """Yield (ImageId, cache) for `ids` (default: every cache file in the folder, sorted by ImageId)."""
     for image_id in cache_ids(cache_dir) if ids is None else ids:
         yield image_id, read_cache(cache_file(cache_dir, image_id), n_classes)
+
+
+def recorded_classes(cache_dir: str | os.PathLike) -> ClassList | None:
+    """The class list recorded in a cache folder, or None (a folder written before it was recorded)."""
+    path = Path(cache_dir) / CLASSES_FILE
+    return read_class_descriptions(str(path)) if path.is_file() else None
+
+
+def check_classes(cache_dir: str | os.PathLike, labels: ClassList) -> None:
+    """Raise OIDInputError unless the folder's recorded class list (if any) has the MIDs of `labels`, in order."""
+    recorded = recorded_classes(cache_dir)
+    if recorded is None or recorded.mids == labels.mids:
+        return
+    if len(recorded) != len(labels):
+        detail = f"{len(recorded)} classes, not the {len(labels)} of {labels.source}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(recorded.mids, labels.mids)) if a != b)
+        detail = f"label {i} is {recorded.mids[i]} ({recorded.names[i]}), not {labels.mids[i]} ({labels.names[i]})"
+    raise OIDInputError(f"this cache folder holds predictions of another class list: {detail}; use another cache "
+                        f"folder, or the class list it was written with", str(Path(cache_dir) / CLASSES_FILE))
+
+
+def record_classes(cache_dir: str | os.PathLike, labels: ClassList) -> None:
+    """Record `labels` as the cache folder's class list (creating the folder), or check the one recorded there."""
+    check_classes(cache_dir, labels)
+    path = Path(cache_dir) / CLASSES_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_class_descriptions(str(path), zip(labels.mids, labels.names))
+
+
+def caches_classes(cache_dirs: Iterable[str | os.PathLike]) -> ClassList | None:
+    """The class list recorded in the cache folders (None if none records one); folders that disagree are an error."""
+    found = [(Path(d), c) for d in cache_dirs if (c := recorded_classes(d)) is not None]
+    for folder, classes in found[1:]:
+        check_classes(folder, found[0][1])
+    return found[0][1] if found else None
 
 
 def read_packed(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
