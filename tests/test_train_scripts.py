@@ -66,6 +66,27 @@ def test_training_script_snapshot_and_resume(depth, tiny, tmp_path):
     assert not list(snapshots.glob(".*tmp*"))  # no half-written snapshot left behind
 
 
+def test_bare_resume_takes_the_earlier_runs_settings(tiny, tmp_path, capfd):
+    """`--resume --snapshot-path S` alone continues with the first run's sides, steps, paths and seed (its
+    training_config.json); an option given again wins and is logged as changed."""
+    from oid_retinanet.train.trainer import build_parser, given_options
+    from retinanet_training_level_1 import train_oid_level_1_resnet50 as r50
+
+    parser = build_parser("resnet50", 768, 1024, "", {"DATASET_PATH": "d/", "OUTPUT_PATH": "o/", "MODELS_PATH": "m/"})
+    assert given_options(parser, ["--resume", "--lr", "1e-5", "--no-weights"]) == {"resume", "lr", "imagenet_weights"}
+    snapshots = tmp_path / "snapshots"
+    assert r50.main(_args(tiny, snapshots, "--epochs", "1", "--no-evaluation", "--seed", "3")) == 0
+    capfd.readouterr()
+    assert r50.main(["--resume", "--snapshot-path", str(snapshots), "--epochs", "2", "--lr", "2e-5"]) == 0
+    err = capfd.readouterr().err
+    config = json.loads((snapshots / "training_config.json").read_text())
+    assert (config["image_min_side"], config["image_max_side"], config["steps"], config["seed"]) == (64, 80, 2, 3)
+    assert (config["dataset_path"], config["evaluation"], config["lr"]) == (str(tiny.dataset), False, 2e-5)
+    assert config["initial_epoch"] == 1 and (snapshots / "resnet50_oid_level_1_02.keras").is_file()
+    assert "settings of the earlier run" in err and "image_min_side=64" in err and "seed=3" in err
+    assert "changed from the earlier run: epochs 1 -> 2, lr 1e-05 -> 2e-05" in err
+
+
 def test_training_script_defaults_and_errors(tiny, tmp_path, capsys):
     from oid_retinanet.train.trainer import build_parser
     from retinanet_training_level_1 import train_oid_level_1_resnet101 as r101

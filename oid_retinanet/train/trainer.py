@@ -12,7 +12,8 @@ mAP per epoch, appended across resumed runs), `training_config.json` (the resolv
 (the model's classes in output order: `--labels` of retinanet_inference_example.py) and
 `mAP_stat_<backbone>.txt` (per-class AP of the last evaluation). `--snapshot FILE` resumes at the epoch in its
 name with its optimizer state (or only the weights, from a keras-retinanet .h5); `--resume` picks the newest
-snapshot in --snapshot-path.
+snapshot in --snapshot-path and takes the earlier run's settings from its `training_config.json` for every
+option not given again (those given win, and the differences are logged).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ CLIPNORM = 0.001
 LR_FACTOR, LR_PATIENCE, LR_MIN_DELTA, LR_MIN = 0.9, 2, 1e-4, 1e-7
 INTENSITY_CHANGE = (-30, 30)
 CLASSES_FILE = "classes.csv"  # the model's classes in output order, for --labels of inference
+CONFIG_FILE = "training_config.json"
+# Options --resume does not take from the earlier run's configuration: how to start, where, and the run's identity.
+NOT_RESUMED = frozenset({"snapshot", "resume", "weights", "imagenet_weights", "imagenet_source", "models_path",
+                         "snapshot_path", "backbone", "level", "gpu", "verbose", "multi_gpu_force"})
 MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
@@ -53,7 +58,8 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
                        help="start from random weights")
     p.add_argument("--resume", action="store_true",
                    help="resume from the newest snapshot in --snapshot-path if there is one (else start as the "
-                        "other flags say)")
+                        "other flags say), with the earlier run's settings (its training_config.json) for the "
+                        "options not given again")
     p.add_argument("--imagenet-source", default="fizyr", choices=["fizyr", "keras"],
                    help="ImageNet weights: fizyr's caffe ResNets (keras-retinanet's) or keras.applications' "
                         "(default: %(default)s)")
@@ -129,6 +135,46 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
         raise OIDInputError("--tensorboard-dir needs the tensorboard package, which requirements.txt leaves out: "
                             "pip install tensorboard==2.21.0")
+    return args
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the options on the command line `argv` (not left at their defaults)."""
+    unset = object()
+    probe = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_args(argv, namespace=probe)  # argparse fills in defaults only where the namespace has none
+    return {dest for dest, value in vars(probe).items() if value is not unset}
+
+
+def resume_settings(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
+    """With --resume: the earlier run's settings (--snapshot-path/training_config.json, same backbone and level) for
+    every option not in `given`; the options given that differ from it are logged."""
+    path = os.path.join(args.snapshot_path, CONFIG_FILE)
+    if not args.resume or not os.path.isfile(path):
+        return args
+    try:
+        with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise OIDInputError(f"not a readable training configuration ({exc}); remove it to resume with the flags "
+                            "given", path) from None
+    if (earlier.get("backbone"), earlier.get("level")) != (args.backbone, args.level):
+        log.warning("%s is of a %s level %s run, not this %s level %s one: its settings are not used", path,
+                    earlier.get("backbone"), earlier.get("level"), args.backbone, args.level)
+        return args
+    restored, changed = [], []
+    for key, value in vars(args).items():
+        if key in NOT_RESUMED or key not in earlier or earlier[key] == value:
+            continue
+        if key in given:
+            changed.append(f"{key} {earlier[key]!r} -> {value!r}")
+        else:
+            setattr(args, key, earlier[key])
+            restored.append(f"{key}={earlier[key]!r}")
+    if restored:
+        log.info("--resume: settings of the earlier run (%s): %s", path, ", ".join(restored))
+    if changed:
+        log.warning("--resume: changed from the earlier run: %s", ", ".join(changed))
     return args
 
 
@@ -293,7 +339,7 @@ def _write_config(args: argparse.Namespace, inputs: _Inputs, num_classes: int, i
                   backend=keras.backend.backend(), keras=keras.__version__, python=platform.python_version(),
                   command=" ".join(sys.argv))
     os.makedirs(args.snapshot_path, exist_ok=True)
-    atomic_write_text(os.path.join(args.snapshot_path, "training_config.json"), json.dumps(config, indent=1) + "\n")
+    atomic_write_text(os.path.join(args.snapshot_path, CONFIG_FILE), json.dumps(config, indent=1) + "\n")
 
 
 def train(args: argparse.Namespace):
@@ -374,8 +420,10 @@ def run_script(backbone: str, min_side: int, max_side: int, description: str, ar
     from oid_retinanet.cli import quiet_native_stderr, setup_logging
 
     paths = {"DATASET_PATH": C.DATASET_PATH, "OUTPUT_PATH": C.OUTPUT_PATH, "MODELS_PATH": C.MODELS_PATH}
-    args = check_args(build_parser(backbone, min_side, max_side, description, paths).parse_args(argv))
+    parser = build_parser(backbone, min_side, max_side, description, paths)
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    args = check_args(resume_settings(args, given_options(parser, argv)))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with quiet_native_stderr():
         import keras  # noqa: F401
