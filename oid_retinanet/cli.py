@@ -24,6 +24,11 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # TensorFlow gives its logger a handler of its own when it is imported before this: its messages would
+    # print twice (once in its format, once in ours).
+    tf_logger = logging.getLogger("tensorflow")
+    for handler in list(tf_logger.handlers):
+        tf_logger.removeHandler(handler)
 
 
 def script_main(func: Callable[..., int]) -> Callable[..., int]:

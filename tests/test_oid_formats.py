@@ -6,6 +6,10 @@ that checks its error message names the file, the row and the value.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -217,3 +221,17 @@ def test_missing_backend_is_one_line(monkeypatch, capsys):
     assert "KERAS_BACKEND=jax, but jax is not installed" in capsys.readouterr().err
     with pytest.raises(ModuleNotFoundError):
         needs(["cv2"])
+
+
+def test_tensorflow_messages_print_once():
+    """TensorFlow imported before setup_logging (its logger then has a handler of its own): one line, ours."""
+    pytest.importorskip("tensorflow")
+    code = ("import logging, tensorflow\n"
+            "from oid_retinanet.cli import setup_logging\n"
+            "setup_logging()\n"
+            "logging.getLogger('tensorflow').info('marker %d', 42)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "marker 42" in line]
+    assert len(lines) == 1 and lines[0].endswith("INFO tensorflow: marker 42"), result.stderr
