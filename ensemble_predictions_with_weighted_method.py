@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
         raise OIDInputError(f"{len(args.weights)} weights given for {len(inputs)} models")
     labels = None
     if cache_dirs is not None:
-        from oid_retinanet.oid.levels import levels_2018, levels_2019  # pandas: only when the built-in list is used
         from oid_retinanet.predict.cache import caches_classes, check_classes
 
         recorded = caches_classes(cache_dirs)
@@ -120,12 +119,15 @@ def run(args: argparse.Namespace) -> int:
             labels = given.mids
         elif recorded is not None:
             labels = recorded.mids
-        elif variant == "2018":
-            if level not in ("1", "2", "3", "4", "5"):
-                raise OIDInputError(f"2018 has levels 1-5, not {level}; give --labels")
-            labels = levels_2018(read_class_descriptions(C.CLASS_DESCRIPTIONS_CSV))[level].mids
         else:
-            labels = levels_2019()[level].mids
+            from oid_retinanet.oid.levels import levels_2018, levels_2019  # pandas: ~0.5 s, only for these lists
+
+            if variant == "2019":
+                labels = levels_2019()[level].mids
+            elif level in ("1", "2", "3", "4", "5"):
+                labels = levels_2018(read_class_descriptions(C.CLASS_DESCRIPTIONS_CSV))[level].mids
+            else:
+                raise OIDInputError(f"2018 has levels 1-5, not {level}; give --labels")
     output = args.output or default_output(variant, level, len(inputs), skip_box_thr, iou_thr, type)
     log.info("%s merge (%s) of %d %s -> %s", type, variant, len(inputs), "CSVs" if args.csvs else "cache folders",
              output)
