@@ -11,6 +11,9 @@ Two models, both with keras-retinanet's default filtering (class-specific NMS 0.
   it; the achieved GFLOP/s (direct-convolution FLOPs / time) are set against the backend's float32 matmul rate
   measured in the same run.
 
+The 7-class model is also timed on the other Keras backends where installed (torch, JAX; a subprocess each),
+on torch with and without model/torch_layout.py (Keras' own layout copies every conv input to NCHW).
+
 CPU seconds are the process's (all threads), as in the fixture README; wall seconds are printed too but are
 noisy on a shared machine. Times are medians over --repeats calls after --warmup calls.
 """
@@ -104,12 +107,73 @@ def bench_model(model, x: np.ndarray, warmup: int, repeats: int) -> dict:
     return out
 
 
+def fixture_model_and_input(height: int, width: int):
+    """The fixture's 7-class inference model and its image img_a_480x640 preprocessed and resized to exactly HxW."""
+    import cv2
+
+    from oid_retinanet.data.preprocess import preprocess_image, read_image_bgr
+    from oid_retinanet.model.h5 import load_keras_retinanet
+
+    image = preprocess_image(read_image_bgr(FIXTURE / "images" / "img_a_480x640.png"))
+    x = cv2.resize(image, (width, height))  # exactly HxW (768x1024 is also what resize_image gives it)
+    materialize = _materialize_module()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "inference.h5"
+        materialize.materialize(materialize.load_layout(str(FIXTURE / "layout.json.gz")), "inference", str(path))
+        return load_keras_retinanet(path), x
+
+
+def one_backend(height: int, width: int, warmup: int, repeats: int) -> dict:
+    """The 7-class model at batch 1 on this process's backend; on torch also with Keras' own conv input
+    layout (a copy to NCHW per convolution: the baseline of model/torch_layout.py) in the same run."""
+    import keras
+
+    model, x = fixture_model_and_input(height, width)
+    out = {"batch1": time_calls(lambda: model.predict_on_batch(x[None]), warmup, repeats)}
+    if keras.backend.backend() == "torch":
+        from keras.src.backend.torch import nn as torch_nn
+
+        patched = torch_nn._transpose_spatial_inputs
+        torch_nn._transpose_spatial_inputs = patched.original
+        out["keras_layout_batch1"] = time_calls(lambda: model.predict_on_batch(x[None]), warmup, repeats)
+        torch_nn._transpose_spatial_inputs = patched
+        out["speedup_cpu_vs_keras_layout"] = out["keras_layout_batch1"]["cpu_s"] / out["batch1"]["cpu_s"]
+    return out
+
+
+def other_backends(height: int, width: int, warmup: int, repeats: int) -> dict:
+    """`one_backend` on torch and JAX where installed, each in a subprocess (the backend is fixed at import)."""
+    import json
+    import subprocess
+
+    import keras
+
+    out = {}
+    for backend in ("tensorflow", "torch", "jax"):
+        if backend == keras.backend.backend():
+            continue
+        if importlib.util.find_spec(backend) is None:
+            out[backend] = {"skipped": f"{backend} is not installed"}
+            continue
+        print(f"7-class fixture model at {height}x{width} on {backend} ...", flush=True)
+        cmd = [sys.executable, __file__, "--one-backend", "--size", str(height), str(width), "--warmup", str(warmup),
+               "--repeats", str(repeats)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, KERAS_BACKEND=backend))
+        if done.returncode:
+            out[backend] = {"skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
+        else:
+            out[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default=str(REPO / "bench_output"))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--size", type=int, nargs=2, default=[HEIGHT, WIDTH], metavar=("H", "W"))
+    p.add_argument("--one-backend", action="store_true",
+                   help="only the 7-class model at batch 1 on KERAS_BACKEND; print the result as JSON")
     args = p.parse_args(argv)
     if not FIXTURE.exists():
         print(f"fixture {FIXTURE} not found: this benchmark needs ../shared/fixtures/keras_retinanet",
@@ -120,11 +184,12 @@ def main(argv=None) -> int:
 
     import keras
 
-    from oid_retinanet.data.preprocess import preprocess_image, read_image_bgr
-    from oid_retinanet.model.h5 import load_keras_retinanet
     from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
 
     height, width = args.size
+    if args.one_backend:
+        print(json.dumps(one_backend(height, width, args.warmup, args.repeats)))
+        return 0
     reference = json.loads((FIXTURE / "timing_resnet50.json").read_text())
     ref_key = f"{height}x{width}"
     ref_cpu = (float(np.median([b["median_cpu_s"] for b in reference[ref_key]["blocks"]]))
@@ -132,19 +197,11 @@ def main(argv=None) -> int:
     ref_wall = (float(np.median([b["median_wall_s"] for b in reference[ref_key]["blocks"]]))
                 if ref_key in reference else None)
 
-    import cv2
-
-    image = preprocess_image(read_image_bgr(FIXTURE / "images" / "img_a_480x640.png"))
-    x = cv2.resize(image, (width, height))  # exactly HxW (768x1024 is also what resize_image gives it)
     materialize = _materialize_module()
     layout = materialize.load_layout(str(FIXTURE / "layout.json.gz"))
     result = {"machine": machine_info(), "input": [height, width], "backend": keras.backend.backend(),
               "matmul_gflops": matmul_gflops()}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "inference.h5"
-        materialize.materialize(layout, "inference", str(path))
-        model7 = load_keras_retinanet(path)
+    model7, x = fixture_model_and_input(height, width)
     print(f"7-class fixture model at {height}x{width} ...", flush=True)
     r7 = bench_model(model7, x, args.warmup, args.repeats)
     r7["gflop_per_image"] = conv_gflop(model7, height, width)
@@ -154,6 +211,7 @@ def main(argv=None) -> int:
         r7["speedup_cpu_vs_keras_retinanet"] = ref_cpu / r7["batch1"]["cpu_s"]
     result["resnet50_7_classes"] = r7
     del model7
+    result["resnet50_7_classes_other_backends"] = other_backends(height, width, args.warmup, args.repeats)
 
     model = retinanet(NUM_CLASSES, winograd=False)
     rule = layout["weight_rule"]
@@ -218,6 +276,14 @@ def main(argv=None) -> int:
         lines.append(f"  keras-retinanet (fixture README, same model and size): {ref_cpu:.2f} CPU s "
                      f"({ref_wall:.2f} s wall) -> ours {r7['speedup_cpu_vs_keras_retinanet']:.2f}x its throughput "
                      "in CPU time (target 1.3x)")
+    for backend, r in result["resnet50_7_classes_other_backends"].items():
+        if "skipped" in r:
+            lines.append(f"  on {backend}: skipped ({r['skipped']})")
+            continue
+        lines.append(f"  on {backend}: batch 1 {r['batch1']['cpu_s']:.2f} CPU s ({r['batch1']['wall_s']:.2f} s wall)")
+        if "keras_layout_batch1" in r:
+            lines.append(f"    Keras' own torch conv layout (a copy per conv): {r['keras_layout_batch1']['cpu_s']:.2f} "
+                         f"CPU s -> model/torch_layout.py {r['speedup_cpu_vs_keras_layout']:.2f}x")
     for key in ("batch1", "flip_batch2"):
         for r, name in ((r_direct, "direct conv"), (r443, "Winograd")):
             lines.append(f"ResNet50 {NUM_CLASSES} classes {height}x{width} ({gflop:.0f} GFLOP/image), {name}, "

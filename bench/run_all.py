@@ -85,6 +85,18 @@ def _model(r: dict) -> list[str]:
                     f"| {r7['batch1']['cpu_s']:.2f} CPU s "
                     f"| keras-retinanet 1.0.0 (fixture README): {r7['keras_retinanet_cpu_s']:.2f} CPU s "
                     f"| **{r7['speedup_cpu_vs_keras_retinanet']:.2f}x** (target >= 1.3x) |")
+    for backend, o in r.get("resnet50_7_classes_other_backends", {}).items():
+        if "skipped" in o:
+            rows.append(f"| Model, ResNet50 7 classes {h}x{w}, batch 1 ({backend}) | skipped: {o['skipped']} | | |")
+        elif "keras_layout_batch1" in o:
+            rows.append(f"| Model, ResNet50 7 classes {h}x{w}, batch 1 ({backend}, channels_last views: "
+                        f"model/torch_layout.py) | {o['batch1']['cpu_s']:.2f} CPU s | Keras' torch layout (a copy "
+                        f"per conv): {o['keras_layout_batch1']['cpu_s']:.2f} CPU s "
+                        f"| **{o['speedup_cpu_vs_keras_layout']:.2f}x** |")
+        elif r7.get("keras_retinanet_cpu_s"):
+            rows.append(f"| Model, ResNet50 7 classes {h}x{w}, batch 1 ({backend}) | {o['batch1']['cpu_s']:.2f} CPU s "
+                        f"| keras-retinanet 1.0.0 (fixture README): {r7['keras_retinanet_cpu_s']:.2f} CPU s "
+                        f"| {r7['keras_retinanet_cpu_s'] / o['batch1']['cpu_s']:.2f}x |")
     m, direct = r.get("resnet50_443_classes"), r.get("resnet50_443_classes_direct")
     if m and direct:
         rows.append(f"| Model, ResNet50 443 classes {h}x{w}, float32, Winograd classification conv (default) "

@@ -734,6 +734,49 @@ def test_from_scratch_model_trains_a_step_and_predicts(backend):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+TORCH_LAYOUT = """
+import numpy as np, keras, torch
+from keras.src.backend.torch import nn as torch_nn
+original = torch_nn._transpose_spatial_inputs
+import oid_retinanet.model.retinanet  # installs model/torch_layout.py
+patched = torch_nn._transpose_spatial_inputs
+assert patched is not original and patched.original is original
+x = torch.randn(2, 37, 45, 16)
+view = patched(x)
+assert view.data_ptr() == x.data_ptr() and view.is_contiguous(memory_format=torch.channels_last)
+assert original(x).data_ptr() != x.data_ptr()  # what Keras does: a copy
+layers = [keras.layers.Conv2D(8, 3, padding="same"), keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+          keras.layers.Conv2D(8, 7, strides=2, padding="valid"), keras.layers.Conv2D(8, 3, dilation_rate=2),
+          keras.layers.DepthwiseConv2D(3, padding="same"), keras.layers.MaxPooling2D(3, 2, padding="same"),
+          keras.layers.AveragePooling2D(2), keras.layers.Conv2DTranspose(8, 3, strides=2)]
+x = keras.ops.convert_to_tensor(np.random.default_rng(0).standard_normal((2, 37, 45, 16)).astype("float32"))
+for layer in layers:
+    with torch.enable_grad():
+        results = []
+        for helper in (patched, original):
+            torch_nn._transpose_spatial_inputs = helper
+            t = x.detach().clone().requires_grad_(True)
+            y = layer(t)
+            (y * y).sum().backward()
+            results.append((y.detach().cpu().numpy(), t.grad.cpu().numpy()))
+    torch_nn._transpose_spatial_inputs = patched
+    (y1, g1), (y2, g2) = results
+    assert y1.shape == y2.shape, layer.name
+    np.testing.assert_allclose(y1, y2, rtol=0, atol=1e-5 * max(1.0, np.abs(y2).max()), err_msg=layer.name)
+    np.testing.assert_allclose(g1, g2, rtol=0, atol=1e-5 * max(1.0, np.abs(g2).max()), err_msg=layer.name)
+"""
+
+
+def test_torch_convolutions_take_channels_last_views():
+    """model/torch_layout.py on the torch backend: the transposed input is a view (no copy), and every 2-D
+    convolution and pooling Keras builds on it gives what Keras' own copying helper gives, outputs and
+    gradients (float32 rounding: 1e-5 of the largest value; bit-identical in practice on this CPU)."""
+    _skip_unless_installed("torch")
+    result = subprocess.run([sys.executable, "-c", TORCH_LAYOUT], capture_output=True, text=True,
+                            env=_backend_env("torch"), cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_bfloat16_option_within_its_measured_deviation(h5_files):
     """dtype_policy='mixed_bfloat16' (about 2x faster on this CPU): the same weights, convs in bfloat16.
     bfloat16 keeps 8 significant bits, so the outputs move: measured at 128x160, regression 0.027 and scores

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 
+from oid_retinanet.model import torch_layout  # noqa: F401  (on torch: convolutions without a copy of their input)
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters, Anchors
 from oid_retinanet.model.decode import BOX_MEAN, BOX_STD, ClipBoxes, RegressBoxes
 from oid_retinanet.model.filter_detections import (
