@@ -6,8 +6,8 @@ already what torch calls the channels_last memory format, which its oneDNN (CPU)
 convolutions and poolings take directly, giving a channels_last result whose permutation back is plain
 (B, H, W, C) memory again. So for 2-D inputs we keep the view: the same numbers (the convolution kernels are
 the same; bit-identical on this project's CPU), ~100 fewer full-size copies per RetinaNet forward pass. On this
-project's 2-core CPU it makes the torch backend 1.3x faster (5.8 -> 4.4 CPU s for the fixture's ResNet50 at
-768x1024; the copies were 37% of the time).
+project's 2-core CPU it makes the torch backend 1.3-1.4x faster (5.8-6.2 -> 4.4 CPU s for the fixture's ResNet50
+at 768x1024, bench/bench_model.py; the copies were 37% of the time).
 
 `apply()` replaces Keras' private helper `keras.src.backend.torch.nn._transpose_spatial_inputs` (Keras is pinned
 in requirements.txt); where that helper is missing it changes nothing. Other backends are untouched.
