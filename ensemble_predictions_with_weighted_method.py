@@ -111,13 +111,12 @@ def run(args: argparse.Namespace) -> int:
     if cache_dirs is not None:
         from oid_retinanet.predict.cache import caches_classes, check_classes
 
-        recorded = caches_classes(cache_dirs)
         if args.labels:
             given = read_class_descriptions(args.labels)
             for folder in cache_dirs:
                 check_classes(folder, given)
             labels = given.mids
-        elif recorded is not None:
+        elif (recorded := caches_classes(cache_dirs)) is not None:
             labels = recorded.mids
         else:
             from oid_retinanet.oid.levels import levels_2018, levels_2019  # pandas: ~0.5 s, only for these lists

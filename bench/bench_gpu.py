@@ -332,51 +332,49 @@ def markdown(result: dict) -> str:
     if envs:
         lines.append("")
 
-    rows = [c for c in cases if c["part"] == "inference"]
-    if rows:
-        lines += ["## Inference (issue 12)", "",
-                  "| backend | model | dtype | batch | images/s | ms per batch | images/s, input from host | "
-                  "first call s | candidates / detections per image | peak device MB | vs torchvision | status |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for c in rows:
-            model = {"full": "inference model", "network": "network only"}[c["variant"]]
-            if c.get("winograd") is False:
-                model += ", direct conv"
-            elif c.get("classification_conv", "Conv2D") != "Conv2D":
-                model += f" ({c['classification_conv']})"
-            det = (f"{_fmt(c.get('candidates_per_image'), 0)} / {_fmt(c.get('detections_per_image'), 0)}"
-                   if c["status"] == "ok" else "")
-            lines.append(f"| {c['group']} | {model} | {c['dtype']} | {c['batch']} | {_fmt(c.get('images_per_s'), 2)} "
-                         f"| {_fmt(1000 * c['median_s'] if 'median_s' in c else None)} "
-                         f"| {_fmt(c.get('images_per_s_host_input'), 2)} | {_fmt(c.get('first_call_s'))} | {det} "
-                         f"| {_fmt(c.get('peak_device_mb'), 0)} | {_ratio(cases, c)} | {_status(c)} |")
-        lines.append("")
-    rows = [c for c in cases if c["part"] == "training"]
-    if rows:
-        lines += ["## Training (issue 13)", "",
-                  "| backend | dtype | batch | images/s | ms per step | first step s | loss first -> last "
-                  "| peak device MB | vs torchvision | status |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for c in rows:
-            loss = (f"{_fmt(c.get('loss_first'), 3)} -> {_fmt(c.get('loss_last'), 3)}" if c["status"] == "ok" else "")
-            lines.append(f"| {c['group']} | {c['dtype']} | {c['batch']} | {_fmt(c.get('images_per_s'), 2)} "
-                         f"| {_fmt(1000 * c['median_s'] if 'median_s' in c else None)} "
-                         f"| {_fmt(c.get('first_call_s'))} | {loss} | {_fmt(c.get('peak_device_mb'), 0)} "
-                         f"| {_ratio(cases, c)} | {_status(c)} |")
-        lines.append("")
-    rows = [c for c in cases if c["part"] == "stage4"]
-    if rows:
-        lines += ["## Stage 4 inference with flip TTA (issue 14)", "",
-                  "| backend | dtype | images a call | reading threads | images | images/s | model call s "
-                  "| outside the model | detections per image | status |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for c in rows:
-            share = c.get("outside_model_share")
-            lines.append(f"| {c['group']} | {c['dtype']} | {c['batch_size']} | {c['workers']} "
-                         f"| {_fmt(c.get('images'))} | {_fmt(c.get('images_per_s'), 2)} | {_fmt(c.get('model_s'), 2)} "
-                         f"| {_fmt(None if share is None else 100 * share)}{'%' if share is not None else ''} "
-                         f"| {_fmt(c.get('detections_per_image'), 0)} | {_status(c)} |")
-        lines.append("")
+    def model_name(c: dict) -> str:
+        name = {"full": "inference model", "network": "network only"}[c["variant"]]
+        if c.get("winograd") is False:
+            return name + ", direct conv"
+        if c.get("classification_conv", "Conv2D") != "Conv2D":
+            return name + f" ({c['classification_conv']})"
+        return name
+
+    def timing(c: dict) -> list[str]:
+        return [_fmt(c.get("images_per_s"), 2), _fmt(1000 * c["median_s"] if "median_s" in c else None)]
+
+    def share(c: dict) -> str:
+        value = c.get("outside_model_share")
+        return "-" if value is None else f"{_fmt(100 * value)}%"
+
+    sections = [
+        ("inference", "Inference (issue 12)",
+         ["backend", "model", "dtype", "batch", "images/s", "ms per batch", "images/s, input from host",
+          "first call s", "candidates / detections per image", "peak device MB", "vs torchvision", "status"],
+         lambda c: [c["group"], model_name(c), c["dtype"], c["batch"], *timing(c),
+                    _fmt(c.get("images_per_s_host_input"), 2), _fmt(c.get("first_call_s")),
+                    (f"{_fmt(c.get('candidates_per_image'), 0)} / {_fmt(c.get('detections_per_image'), 0)}"
+                     if c["status"] == "ok" else ""),
+                    _fmt(c.get("peak_device_mb"), 0), _ratio(cases, c), _status(c)]),
+        ("training", "Training (issue 13)",
+         ["backend", "dtype", "batch", "images/s", "ms per step", "first step s", "loss first -> last",
+          "peak device MB", "vs torchvision", "status"],
+         lambda c: [c["group"], c["dtype"], c["batch"], *timing(c), _fmt(c.get("first_call_s")),
+                    (f"{_fmt(c.get('loss_first'), 3)} -> {_fmt(c.get('loss_last'), 3)}" if c["status"] == "ok" else ""),
+                    _fmt(c.get("peak_device_mb"), 0), _ratio(cases, c), _status(c)]),
+        ("stage4", "Stage 4 inference with flip TTA (issue 14)",
+         ["backend", "dtype", "images a call", "reading threads", "images", "images/s", "model call s",
+          "outside the model", "detections per image", "status"],
+         lambda c: [c["group"], c["dtype"], c["batch_size"], c["workers"], _fmt(c.get("images")),
+                    _fmt(c.get("images_per_s"), 2), _fmt(c.get("model_s"), 2), share(c),
+                    _fmt(c.get("detections_per_image"), 0), _status(c)]),
+    ]
+    for part, title, columns, cells in sections:
+        rows = [c for c in cases if c["part"] == part]
+        if rows:
+            lines += [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+            lines += ["| " + " | ".join(str(v) for v in cells(c)) + " |" for c in rows]
+            lines.append("")
     return "\n".join(lines)
 
 
