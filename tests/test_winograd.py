@@ -1,8 +1,11 @@
-"""Winograd F(2x2, 3x3) convolution (model/winograd.py) against a float64 direct convolution and Keras' Conv2D.
+"""Winograd F(4x4, 3x3) and F(2x2, 3x3) convolution (model/winograd.py) against a float64 direct convolution and
+Keras' Conv2D.
 
-Tolerances: float32 against float64 is judged relative to the output's largest magnitude. The Winograd path
-must be at least as accurate as Keras' own direct float32 convolution on the same input (measured ~7e-7 vs
-~2.5e-6 on 256 channels); the layer must equal Conv2D with the same weights within 1e-5 of the output's scale.
+Tolerances: float32 against float64 is judged relative to the output's largest magnitude. F(2x2, 3x3) must be at
+least as accurate as Keras' own direct float32 convolution on the same input (measured 0.25-0.9x its error);
+F(4x4, 3x3) within 8x of it or 1e-5 (its transforms' coefficients up to 16/15 and 8 amplify rounding: measured
+1.5-5.5x the direct convolution's error, 1.1e-6 to 5e-6 on 64 and 256 channels). The layer must equal Conv2D with
+the same weights within 1e-5 of the output's scale.
 Every test runs on each installed Keras backend (the others in a subprocess running this file).
 """
 
@@ -28,7 +31,8 @@ def _relative(a, b) -> float:
 
 @pytest.mark.parametrize("shape", [(7, 9), (8, 8), (3, 3), (1, 5), (10, 13)])
 @pytest.mark.parametrize("padding", ["same", "valid"])
-def test_winograd_equals_float64_direct_convolution(shape, padding):
+@pytest.mark.parametrize("tile", [4, 2])
+def test_winograd_equals_float64_direct_convolution(shape, padding, tile):
     if padding == "valid" and min(shape) < 3:
         pytest.skip("no 'valid' output")
     rng = np.random.default_rng(sum(shape))
@@ -36,18 +40,21 @@ def test_winograd_equals_float64_direct_convolution(shape, padding):
     kernel = (rng.standard_normal((3, 3, 64, 40)) / 24).astype(np.float32)
     pad = (1, 1) if padding == "same" else (0, 0)
     expected = np.stack([_conv_np(image, kernel, 1, pad) for image in x])
-    got = keras.ops.convert_to_numpy(conv3x3_winograd(x, kernel, padding))
+    got = keras.ops.convert_to_numpy(conv3x3_winograd(x, kernel, padding, tile))
     direct = keras.ops.convert_to_numpy(keras.ops.conv(x, kernel, padding=padding))
     assert got.shape == expected.shape == direct.shape
-    assert _relative(got, expected) <= max(2 * _relative(direct, expected), 2e-6)
+    if tile == 2:
+        assert _relative(got, expected) <= max(2 * _relative(direct, expected), 2e-6)
+    else:
+        assert _relative(got, expected) <= max(8 * _relative(direct, expected), 1e-5)
 
 
-def _pair(padding: str, activation: str | None, channels: int = 16, filters: int = 24):
+def _pair(padding: str, activation: str | None, channels: int = 16, filters: int = 24, tile: int = 4):
     """A Conv2D and a WinogradConv2D with the same random weights, each wrapped in a model of any input size."""
     rng = np.random.default_rng(0)
     inputs = keras.Input((None, None, channels))
     direct = keras.layers.Conv2D(filters, 3, padding=padding, activation=activation)
-    winograd = WinogradConv2D(filters, 3, padding=padding, activation=activation)
+    winograd = WinogradConv2D(filters, 3, padding=padding, activation=activation, tile=tile)
     a, b = keras.Model(inputs, direct(inputs)), keras.Model(inputs, winograd(inputs))
     direct.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.2 for w in direct.get_weights()])
     winograd.set_weights(direct.get_weights())
@@ -55,8 +62,9 @@ def _pair(padding: str, activation: str | None, channels: int = 16, filters: int
 
 
 @pytest.mark.parametrize("padding,activation", [("same", "relu"), ("valid", None)])
-def test_layer_equals_conv2d_for_several_sizes_in_one_traced_model(padding, activation):
-    a, b = _pair(padding, activation)
+@pytest.mark.parametrize("tile", [4, 2])
+def test_layer_equals_conv2d_for_several_sizes_in_one_traced_model(padding, activation, tile):
+    a, b = _pair(padding, activation, tile=tile)
     rng = np.random.default_rng(1)
     for shape in [(9, 12), (16, 8), (5, 7)]:  # new sizes retrace the predict function with unknown sides
         x = rng.standard_normal((2, *shape, 16)).astype(np.float32)
@@ -85,7 +93,8 @@ def test_only_large_classification_convs_use_winograd():
     assert 9 * 7 < MIN_FILTERS <= 9 * 443
     assert type(last_conv(retinanet(7))) is keras.layers.Conv2D
     fast = retinanet(443)
-    assert type(last_conv(fast)) is WinogradConv2D
+    assert type(last_conv(fast)) is WinogradConv2D and last_conv(fast).tile == 4
+    assert last_conv(retinanet(443, winograd=2)).tile == 2
     assert type(fast.get_layer("regression_submodel").get_layer("pyramid_regression")) is keras.layers.Conv2D
     plain = retinanet(443, winograd=False)
     assert type(last_conv(plain)) is keras.layers.Conv2D
@@ -105,10 +114,10 @@ def test_only_large_classification_convs_use_winograd():
 
 
 def test_keras_format_round_trip(tmp_path):
-    a, b = _pair("same", "relu")
+    a, b = _pair("same", "relu", tile=2)
     b.save(tmp_path / "w.keras")
     loaded = keras.saving.load_model(tmp_path / "w.keras")
-    assert any(type(layer) is WinogradConv2D for layer in loaded.layers)
+    assert [layer.tile for layer in loaded.layers if type(layer) is WinogradConv2D] == [2]
     x = np.random.default_rng(5).standard_normal((1, 6, 7, 16)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict_on_batch(x), b.predict_on_batch(x))
 
@@ -118,6 +127,8 @@ def test_ineligible_convolution_is_refused():
         WinogradConv2D(8, 3, strides=2)
     with pytest.raises(ValueError, match="3x3"):
         WinogradConv2D(8, 5)
+    with pytest.raises(ValueError, match="tile side must be one of"):
+        WinogradConv2D(8, 3, tile=3)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != keras.backend.backend()])

@@ -3,7 +3,7 @@
 Modules: `resnet` (keras-resnet backbones), `fpn` (feature pyramid), `heads` (regression and classification
 submodels), `anchors` (anchor parameters and generation), `decode` (box coding and clipping),
 `filter_detections` (score threshold, NMS, top detections), `retinanet` (training and inference models),
-`h5` (loading keras-retinanet .h5 files, and our .keras files), `winograd` (Winograd F(2x2, 3x3) convolution),
+`h5` (loading keras-retinanet .h5 files, and our .keras files), `winograd` (Winograd convolution),
 `mobilenet`, `imagenet` (ImageNet weights), `download` (released weights), `torch_layout` (the torch
 backend's convolutions without copies). Importing this package imports no Keras; its modules do.
 """

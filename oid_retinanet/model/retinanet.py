@@ -26,6 +26,7 @@ from oid_retinanet.model.fpn import FEATURE_SIZE, feature_pyramid
 from oid_retinanet.model.heads import PRIOR_PROBABILITY, classification_submodel, regression_submodel
 from oid_retinanet.model.mobilenet import is_mobilenet, mobilenet_features, parse_mobilenet
 from oid_retinanet.model.resnet import CONV1_SAME, parse_backbone, resnet_features
+from oid_retinanet.model.winograd import TILE as WINOGRAD_TILE
 
 TRAINING_NAME = "retinanet"
 INFERENCE_NAME = "retinanet-bbox"
@@ -36,16 +37,18 @@ DTYPE_POLICY = "float32"
 def retinanet(num_classes: int, backbone: str | int = "resnet50", conv1: str = CONV1_SAME,
               anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS, feature_size: int = FEATURE_SIZE,
               prior_probability: float = PRIOR_PROBABILITY, input_shape=(None, None, 3),
-              dtype_policy: str = DTYPE_POLICY, winograd: bool = True, name: str = TRAINING_NAME) -> keras.Model:
+              dtype_policy: str = DTYPE_POLICY, winograd: int = WINOGRAD_TILE,
+              name: str = TRAINING_NAME) -> keras.Model:
     """The training model: ResNet (or MobileNet) backbone, FPN, shared regression and classification heads.
 
     backbone: 'resnet50' / 'resnet101' / 'resnet152', or a MobileNet ('mobilenet224_1.0', see mobilenet.py).
     conv1 (ResNets): 'same' (keras-resnet 0.2.0) or 'zero_padding' (0.1.0, the 2018 releases).
     dtype_policy: 'float32' (exact) or a Keras mixed policy such as 'mixed_bfloat16' (variables stay float32,
     so the same weights load; outputs are then bfloat16).
-    winograd: the classification conv of a many-class model (443, 500 classes) runs as Winograd F(2x2, 3x3)
-    (model/winograd.py: same weights, same results within float32 rounding, 1.5-1.8x faster there on a CPU);
-    False keeps keras-retinanet's direct convolution everywhere.
+    winograd: the classification conv of a many-class model (443, 500 classes) runs as Winograd F(m x m, 3x3),
+    m = winograd: 4 (the default, 2.5x faster there on a CPU) or 2 (1.5x, rounding error below the direct
+    convolution's) (model/winograd.py: same weights, same results within float32 rounding); 0 (or False) keeps
+    keras-retinanet's direct convolution everywhere.
     Outputs are named 'regression' and 'classification'.
     """
     previous = keras.config.dtype_policy()
