@@ -1,15 +1,19 @@
 """Benchmark: RetinaNet ResNet50 inference on CPU at 768x1024, batch 1 and the flip-TTA batch of 2.
 
-Two models, both with keras-retinanet's default filtering (class-specific NMS 0.5, score > 0.05, 300 boxes):
+The baseline is keras-retinanet 1.0.0 itself, timed in the same run in its own venv (TensorFlow 2.15.1, the
+fixture's versions; `make keras-retinanet-venv` creates .venv-keras-retinanet, bench/keras_retinanet/baseline.py
+runs there) on the same weights and the same input. Without that venv the 7-class ratio falls back to the time
+recorded in the fixture README and the 443-class one to our direct-convolution model (keras-retinanet's
+computation on our stack). Two models, both with keras-retinanet's default filtering (class-specific NMS 0.5,
+score > 0.05, 300 boxes):
 - the fixture's 7-class keras-retinanet model (../shared/fixtures/keras_retinanet, materialized into a
-  temporary folder), on its image img_a_480x640 resized to 768x1024: the same model, input size and call
-  as the keras-retinanet timing recorded in the fixture README (ratio = its median CPU seconds / ours);
+  temporary folder), on its image img_a_480x640 resized to 768x1024: the model, input size and call of the
+  keras-retinanet timing recorded in the fixture README;
 - a 443-class model (the 2018 level-1 class count) with weights drawn by the fixture's weight rule (so about
   as many scores pass 0.05 as in the fixture), the configuration the project runs, with its classification
-  conv as Winograd F(2x2, 3x3) (the default, model/winograd.py) and, in the same run, with keras-retinanet's
-  direct convolution (`winograd=False`, the baseline of the ratio). keras-retinanet has no recorded time for
-  it; the achieved GFLOP/s (direct-convolution FLOPs / time) are set against the backend's float32 matmul rate
-  measured in the same run.
+  conv as Winograd F(4x4, 3x3) (the default, model/winograd.py) and, in the same run, with keras-retinanet's
+  direct convolution (`winograd=0`). Its detections are compared with keras-retinanet's. The achieved GFLOP/s
+  (direct-convolution FLOPs / time) are set against the backend's float32 matmul rate measured in the same run.
 
 The 7-class model is also timed on the other Keras backends where installed (torch, JAX; a subprocess each),
 on torch with and without model/torch_layout.py (Keras' own layout copies every conv input to NCHW).
@@ -38,6 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(os.environ.get("OID_SHARED", REPO.parent / "shared")) / "fixtures" / "keras_retinanet"
 HEIGHT, WIDTH = 768, 1024
 NUM_CLASSES = 443
+KERAS_RETINANET_PYTHON = Path(os.environ.get("OID_KERAS_RETINANET_PYTHON",
+                                             REPO / ".venv-keras-retinanet" / "bin" / "python"))
 
 
 def _materialize_module():
@@ -166,6 +172,51 @@ def other_backends(height: int, width: int, warmup: int, repeats: int) -> dict:
     return out
 
 
+def keras_retinanet_baseline(x: np.ndarray, classes: list[int], warmup: int, repeats: int) -> dict:
+    """keras-retinanet 1.0.0 timed on x in its own venv (bench/keras_retinanet/baseline.py): per class count its
+    times and batch-1 detections; {"skipped": why} when that venv is missing or the run fails."""
+    import json
+    import subprocess
+
+    if not KERAS_RETINANET_PYTHON.exists():
+        return {"skipped": f"{KERAS_RETINANET_PYTHON} not found (make keras-retinanet-venv creates it)"}
+    print(f"keras-retinanet 1.0.0 ({KERAS_RETINANET_PYTHON}), {classes} classes ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        cmd = [str(KERAS_RETINANET_PYTHON), str(REPO / "bench" / "keras_retinanet" / "baseline.py"),
+               str(Path(tmp) / "x.npy"), tmp, "--fixture", str(FIXTURE), "--classes", *map(str, classes),
+               "--warmup", str(warmup), "--repeats", str(repeats)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            return {"skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
+        result = json.loads((Path(tmp) / "keras_retinanet_baseline.json").read_text())
+        detections = {n: dict(np.load(Path(tmp) / f"detections_{n}.npz")) for n in classes}
+    return {**result, "detections": detections}
+
+
+def compare_detections(ours, theirs: dict, box_tol: float = 0.01, score_tol: float = 1e-5) -> dict:
+    """Our inference model's batch-1 (boxes, scores, labels) against keras-retinanet's: how many of its detections
+    ours has (same label, box within box_tol px, score within score_tol; near-tied scores may swap ranks, and one
+    may cross the 300-box cut), and the largest deviations among those."""
+    boxes, scores, labels = (np.asarray(v)[0] for v in ours)
+    t_boxes, t_scores, t_labels = (np.asarray(theirs[k])[0] for k in ("boxes", "scores", "labels"))
+    t_valid = t_labels > -1
+    box_dev = np.abs(t_boxes[:, None] - boxes[None]).max(axis=-1)  # (theirs, ours)
+    score_dev = np.abs(t_scores[:, None] - scores[None])
+    match = (t_labels[:, None] == labels[None]) & (box_dev <= box_tol) & (score_dev <= score_tol)
+    found = match.any(axis=1) & t_valid
+    return {"detections": int(t_valid.sum()), "found": int(found.sum()),
+            "same_order": bool(np.array_equal(labels, t_labels)),
+            "max_abs_dev_scores": float(np.where(match, score_dev, 0).max(initial=0)),
+            "max_abs_dev_boxes": float(np.where(match, box_dev, 0).max(initial=0))}
+
+
+def _agreement(c: dict) -> str:
+    return (f"{c['found']} of its {c['detections']} detections found (same label, box within 0.01 px, score within "
+            f"1e-5; same order: {c['same_order']}), scores max |dev| {c['max_abs_dev_scores']:.3g}, boxes max |dev| "
+            f"{c['max_abs_dev_boxes']:.3g} px")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default=str(REPO / "bench_output"))
@@ -202,18 +253,27 @@ def main(argv=None) -> int:
     result = {"machine": machine_info(), "input": [height, width], "backend": keras.backend.backend(),
               "matmul_gflops": matmul_gflops()}
     model7, x = fixture_model_and_input(height, width)
+    live = keras_retinanet_baseline(x, [7, NUM_CLASSES], args.warmup, args.repeats)
+    result["keras_retinanet"] = {k: v for k, v in live.items() if k != "detections"}
     print(f"7-class fixture model at {height}x{width} ...", flush=True)
     r7 = bench_model(model7, x, args.warmup, args.repeats)
     r7["gflop_per_image"] = conv_gflop(model7, height, width)
-    r7["keras_retinanet_cpu_s"] = ref_cpu
-    r7["keras_retinanet_wall_s"] = ref_wall
-    if ref_cpu:
-        r7["speedup_cpu_vs_keras_retinanet"] = ref_cpu / r7["batch1"]["cpu_s"]
+    r7["keras_retinanet_recorded_cpu_s"] = ref_cpu
+    if "skipped" not in live:
+        r7["keras_retinanet_source"] = "measured in this run"
+        r7["keras_retinanet_cpu_s"] = live["7 classes"]["batch1"]["cpu_s"]
+        r7["keras_retinanet_wall_s"] = live["7 classes"]["batch1"]["wall_s"]
+        r7["vs_keras_retinanet"] = compare_detections(model7.predict_on_batch(x[None]), live["detections"][7])
+    else:
+        r7["keras_retinanet_source"] = "fixture README"
+        r7["keras_retinanet_cpu_s"], r7["keras_retinanet_wall_s"] = ref_cpu, ref_wall
+    if r7["keras_retinanet_cpu_s"]:
+        r7["speedup_cpu_vs_keras_retinanet"] = r7["keras_retinanet_cpu_s"] / r7["batch1"]["cpu_s"]
     result["resnet50_7_classes"] = r7
     del model7
     result["resnet50_7_classes_other_backends"] = other_backends(height, width, args.warmup, args.repeats)
 
-    model = retinanet(NUM_CLASSES, winograd=False)
+    model = retinanet(NUM_CLASSES, winograd=0)
     rule = layout["weight_rule"]
     for layer in model.layers:
         inner = layer.layers if isinstance(layer, keras.Model) else [layer]
@@ -242,6 +302,14 @@ def main(argv=None) -> int:
     _, s_wino, l_wino = (np.asarray(v) for v in inference.predict_on_batch(x[None]))
     r443["same_labels_as_direct"] = bool(np.array_equal(l_direct, l_wino))
     r443["max_abs_dev_scores_vs_direct"] = float(np.abs(s_direct - s_wino).max())
+    if "skipped" not in live:
+        theirs = live[f"{NUM_CLASSES} classes"]
+        r443["keras_retinanet"] = theirs
+        for r in (r_direct, r443):
+            for key in ("batch1", "flip_batch2"):
+                r[key]["speedup_cpu_vs_keras_retinanet"] = theirs[key]["cpu_s"] / r[key]["cpu_s"]
+        r443["vs_keras_retinanet"] = compare_detections(inference.predict_on_batch(x[None]),
+                                                        live["detections"][NUM_CLASSES])
     result[f"resnet50_{NUM_CLASSES}_classes_direct"] = r_direct
     result[f"resnet50_{NUM_CLASSES}_classes"] = r443
 
@@ -272,10 +340,14 @@ def main(argv=None) -> int:
              f"ResNet50 7 classes {height}x{width} ({r7['gflop_per_image']:.0f} GFLOP): batch 1 "
              f"{r7['batch1']['cpu_s']:.2f} CPU s ({r7['batch1']['wall_s']:.2f} s wall), flip batch 2 "
              f"{r7['flip_batch2']['cpu_s']:.2f} CPU s ({r7['flip_batch2']['wall_s']:.2f} s wall)"]
-    if ref_cpu:
-        lines.append(f"  keras-retinanet (fixture README, same model and size): {ref_cpu:.2f} CPU s "
-                     f"({ref_wall:.2f} s wall) -> ours {r7['speedup_cpu_vs_keras_retinanet']:.2f}x its throughput "
-                     "in CPU time (target 1.3x)")
+    if "skipped" in live:
+        lines.append(f"  keras-retinanet 1.0.0 not run: {live['skipped']}")
+    if r7.get("speedup_cpu_vs_keras_retinanet"):
+        lines.append(f"  keras-retinanet 1.0.0 ({r7['keras_retinanet_source']}, same model and input): "
+                     f"{r7['keras_retinanet_cpu_s']:.2f} CPU s ({r7['keras_retinanet_wall_s']:.2f} s wall) -> ours "
+                     f"{r7['speedup_cpu_vs_keras_retinanet']:.2f}x its throughput in CPU time")
+    if "vs_keras_retinanet" in r7:
+        lines.append(f"  vs keras-retinanet: {_agreement(r7['vs_keras_retinanet'])}")
     for backend, r in result["resnet50_7_classes_other_backends"].items():
         if "skipped" in r:
             lines.append(f"  on {backend}: skipped ({r['skipped']})")
@@ -292,8 +364,15 @@ def main(argv=None) -> int:
                          f"({100 * r[key]['achieved_gflops_wall'] / result['matmul_gflops']:.0f}% of the matmul rate)")
         lines.append(f"  Winograd classification conv: {r443[key]['speedup_cpu_vs_direct']:.2f}x the direct "
                      "convolution in CPU time")
+        if "keras_retinanet" in r443:
+            lines.append(f"  keras-retinanet 1.0.0 (measured in this run): {r443['keras_retinanet'][key]['cpu_s']:.2f} "
+                         f"CPU s -> ours {r443[key]['speedup_cpu_vs_keras_retinanet']:.2f}x its throughput in CPU "
+                         f"time (target 1.3x; our direct convolution "
+                         f"{r_direct[key]['speedup_cpu_vs_keras_retinanet']:.2f}x)")
     lines.append(f"  Winograd vs direct: same labels {r443['same_labels_as_direct']}, scores max |dev| "
                  f"{r443['max_abs_dev_scores_vs_direct']:.3g}")
+    if "vs_keras_retinanet" in r443:
+        lines.append(f"  Winograd vs keras-retinanet: {_agreement(r443['vs_keras_retinanet'])}")
     for key in ("batch1", "flip_batch2"):
         r = rbf[key]
         lines.append(f"  mixed_bfloat16 {key}: {r['images_per_s_wall']:.3f} images/s wall, {r['images_per_cpu_s']:.3f} "

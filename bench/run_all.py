@@ -76,15 +76,24 @@ def _ensemble(r: dict) -> list[str]:
     return rows
 
 
+def _found(c: dict) -> str:
+    return (f"{c['found']} of its {c['detections']} detections found (same label, box, score within 1e-5), scores "
+            f"max dev {c['max_abs_dev_scores']:.1g}")
+
+
 def _model(r: dict) -> list[str]:
     h, w = r["input"]
     r7 = r["resnet50_7_classes"]
+    source = r7.get("keras_retinanet_source", "fixture README")
     rows = []
+    if "skipped" in r.get("keras_retinanet", {}):
+        rows.append(f"| Model: keras-retinanet 1.0.0 baseline | not run: {r['keras_retinanet']['skipped']} | | |")
     if r7.get("keras_retinanet_cpu_s"):
+        agree = f"; {_found(r7['vs_keras_retinanet'])}" if "vs_keras_retinanet" in r7 else ""
         rows.append(f"| Model, ResNet50 7 classes {h}x{w}, batch 1 ({r['backend']}) "
                     f"| {r7['batch1']['cpu_s']:.2f} CPU s "
-                    f"| keras-retinanet 1.0.0 (fixture README): {r7['keras_retinanet_cpu_s']:.2f} CPU s "
-                    f"| **{r7['speedup_cpu_vs_keras_retinanet']:.2f}x** (target >= 1.3x) |")
+                    f"| keras-retinanet 1.0.0 ({source}): {r7['keras_retinanet_cpu_s']:.2f} CPU s "
+                    f"| **{r7['speedup_cpu_vs_keras_retinanet']:.2f}x**{agree} |")
     for backend, o in r.get("resnet50_7_classes_other_backends", {}).items():
         if "skipped" in o:
             rows.append(f"| Model, ResNet50 7 classes {h}x{w}, batch 1 ({backend}) | skipped: {o['skipped']} | | |")
@@ -95,15 +104,22 @@ def _model(r: dict) -> list[str]:
                         f"| **{o['speedup_cpu_vs_keras_layout']:.2f}x** |")
         elif r7.get("keras_retinanet_cpu_s"):
             rows.append(f"| Model, ResNet50 7 classes {h}x{w}, batch 1 ({backend}) | {o['batch1']['cpu_s']:.2f} CPU s "
-                        f"| keras-retinanet 1.0.0 (fixture README): {r7['keras_retinanet_cpu_s']:.2f} CPU s "
+                        f"| keras-retinanet 1.0.0 ({source}): {r7['keras_retinanet_cpu_s']:.2f} CPU s "
                         f"| {r7['keras_retinanet_cpu_s'] / o['batch1']['cpu_s']:.2f}x |")
     m, direct = r.get("resnet50_443_classes"), r.get("resnet50_443_classes_direct")
     if m and direct:
-        rows.append(f"| Model, ResNet50 443 classes {h}x{w}, float32, Winograd classification conv (default) "
-                    f"| batch 1: {m['batch1']['cpu_s']:.2f} CPU s ({m['batch1']['images_per_s_wall']:.3f} img/s wall), "
-                    f"flip batch 2: {m['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image "
-                    f"| direct convolution (keras-retinanet's): {direct['batch1']['cpu_s']:.2f} CPU s, flip "
-                    f"{direct['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image "
+        ours = (f"| Model, ResNet50 443 classes {h}x{w}, float32, Winograd F(4x4, 3x3) classification conv (default) "
+                f"| batch 1: {m['batch1']['cpu_s']:.2f} CPU s ({m['batch1']['images_per_s_wall']:.3f} img/s wall), "
+                f"flip batch 2: {m['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image ")
+        if "keras_retinanet" in m:
+            kr, agree = m["keras_retinanet"], m["vs_keras_retinanet"]
+            rows.append(ours + f"| keras-retinanet 1.0.0 (measured in this run): {kr['batch1']['cpu_s']:.2f} CPU s, "
+                        f"flip {kr['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image "
+                        f"| **{m['batch1']['speedup_cpu_vs_keras_retinanet']:.2f}x** (flip "
+                        f"{m['flip_batch2']['speedup_cpu_vs_keras_retinanet']:.2f}x; target >= 1.3x); "
+                        f"{_found(agree)} |")
+        rows.append(ours + f"| our direct convolution (keras-retinanet's computation): {direct['batch1']['cpu_s']:.2f} "
+                    f"CPU s, flip {direct['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image "
                     f"| **{m['batch1']['speedup_cpu_vs_direct']:.2f}x** "
                     f"(flip {m['flip_batch2']['speedup_cpu_vs_direct']:.2f}x); same labels: "
                     f"{m['same_labels_as_direct']}, scores max dev {m['max_abs_dev_scores_vs_direct']:.1g} |")
