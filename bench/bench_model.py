@@ -184,7 +184,7 @@ def keras_retinanet_baseline(x: np.ndarray, classes: list[int], warmup: int, rep
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "x.npy", x)
         cmd = [str(KERAS_RETINANET_PYTHON), str(REPO / "bench" / "keras_retinanet" / "baseline.py"),
-               str(Path(tmp) / "x.npy"), tmp, "--fixture", str(FIXTURE), "--classes", *map(str, classes),
+               str(Path(tmp) / "x.npy"), tmp, "--classes", *map(str, classes),
                "--warmup", str(warmup), "--repeats", str(repeats)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:

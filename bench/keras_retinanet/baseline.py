@@ -8,8 +8,8 @@ inference model (convert_model defaults) with the fixture's weights:
   keras_retinanet.models.load_model (the model and file of the fixture README's timing);
 - any other count: models.backbone('resnet50').retinanet(num_classes=N), every weight drawn by the fixture's
   rule (materialize.weight_value on the Keras weight name, as bench_model draws ours).
-It times predict_on_batch on the image (batch 1) and on the image with its mirror (batch 2), median wall and
-process CPU seconds after warm-up calls, as bench_model times ours, and keeps the batch-1 detections.
+It times predict_on_batch on the image (batch 1) and on the image with its mirror (batch 2) with bench_model's
+`time_calls` (median wall and process CPU seconds after warm-up calls), and keeps the batch-1 detections.
 
 Writes OUT_DIR/keras_retinanet_baseline.json ({"versions", "N classes": {"batch1", "flip_batch2"}}) and
 OUT_DIR/detections_N.npz (boxes, scores, labels).
@@ -18,45 +18,23 @@ OUT_DIR/detections_N.npz (boxes, scores, labels).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.bench_model import FIXTURE, _materialize_module, time_calls  # noqa: E402  (numpy only)
 
 
-def time_calls(fn, warmup: int, repeats: int) -> dict:
-    """Median wall and process CPU seconds of fn() over `repeats` calls after `warmup` calls (as bench_model)."""
-    import numpy as np
-
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return {"wall_s": float(np.median(wall)), "cpu_s": float(np.median(cpu)), "wall_all": wall, "cpu_all": cpu}
-
-
-def _materialize_module(fixture: Path):
-    spec = importlib.util.spec_from_file_location("kr_materialize", fixture / "materialize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def inference_model(num_classes: int, fixture: Path):
+def inference_model(num_classes: int):
     """keras-retinanet's ResNet50 inference model with the fixture's weights (see the module doc)."""
     from keras_retinanet import models
 
-    materialize = _materialize_module(fixture)
-    layout = materialize.load_layout(str(fixture / "layout.json.gz"))
+    materialize = _materialize_module()
+    layout = materialize.load_layout(str(FIXTURE / "layout.json.gz"))
     if num_classes == 7:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "inference.h5"
@@ -75,7 +53,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="the preprocessed image, (H, W, 3) float32 .npy")
     p.add_argument("out_dir")
-    p.add_argument("--fixture", required=True, help="../shared/fixtures/keras_retinanet")
     p.add_argument("--classes", type=int, nargs="+", default=[7, 443])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -92,7 +69,7 @@ def main(argv=None) -> int:
     result = {"versions": {name: version(name) for name in ("tensorflow-cpu", "keras-retinanet", "keras-resnet")}}
     for n in args.classes:
         print(f"keras-retinanet 1.0.0, {n} classes ...", file=sys.stderr, flush=True)
-        predict = inference_model(n, Path(args.fixture)).predict_on_batch
+        predict = inference_model(n).predict_on_batch
         result[f"{n} classes"] = {key: time_calls(lambda batch=batch: predict(batch), args.warmup, args.repeats)
                                   for key, batch in (("batch1", single), ("flip_batch2", flip))}
         boxes, scores, labels = predict(single)[:3]
