@@ -10,9 +10,10 @@ score > 0.05, 300 boxes):
   temporary folder), on its image img_a_480x640 resized to 768x1024: the model, input size and call of the
   keras-retinanet timing recorded in the fixture README;
 - a 443-class model (the 2018 level-1 class count) with weights drawn by the fixture's weight rule (so about
-  as many scores pass 0.05 as in the fixture), the configuration the project runs, with its classification
-  conv as Winograd F(4x4, 3x3) (the default, model/winograd.py) and, in the same run, with keras-retinanet's
-  direct convolution (`winograd=0`). Its detections are compared with keras-retinanet's. The achieved GFLOP/s
+  as many scores pass 0.05 as in the fixture), the configuration the project runs, with its 3x3 convs of
+  >= 128 channels as Winograd F(4x4, 3x3) (the CPU default, model/winograd.py) and, in the same run, with
+  keras-retinanet's direct convolutions (`winograd=0`).
+Both models' detections are compared with keras-retinanet's. The achieved GFLOP/s
   (direct-convolution FLOPs / time) are set against the backend's float32 matmul rate measured in the same run.
 
 The 7-class model is also timed on the other Keras backends where installed (torch, JAX; a subprocess each),
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
     winograd = retinanet(NUM_CLASSES)
     winograd.set_weights(model.get_weights())
     inference = retinanet_bbox(winograd)
-    print(f"{NUM_CLASSES}-class model at {height}x{width}, Winograd classification conv ...", flush=True)
+    print(f"{NUM_CLASSES}-class model at {height}x{width}, Winograd convolutions ...", flush=True)
     r443 = bench_model(inference, x, args.warmup, args.repeats)
     for r, name in ((r_direct, "direct"), (r443, "winograd")):
         r["gflop_per_image"] = gflop
@@ -362,8 +363,8 @@ def main(argv=None) -> int:
                          f"{key}: {r[key]['images_per_s_wall']:.3f} images/s wall, {r[key]['images_per_cpu_s']:.3f} "
                          f"images per CPU s, {r[key]['achieved_gflops_wall']:.0f} GFLOP/s effective "
                          f"({100 * r[key]['achieved_gflops_wall'] / result['matmul_gflops']:.0f}% of the matmul rate)")
-        lines.append(f"  Winograd classification conv: {r443[key]['speedup_cpu_vs_direct']:.2f}x the direct "
-                     "convolution in CPU time")
+        lines.append(f"  Winograd convolutions: {r443[key]['speedup_cpu_vs_direct']:.2f}x the direct "
+                     "convolutions in CPU time")
         if "keras_retinanet" in r443:
             lines.append(f"  keras-retinanet 1.0.0 (measured in this run): {r443['keras_retinanet'][key]['cpu_s']:.2f} "
                          f"CPU s -> ours {r443[key]['speedup_cpu_vs_keras_retinanet']:.2f}x its throughput in CPU "

@@ -108,7 +108,7 @@ def _model(r: dict) -> list[str]:
                         f"| {r7['keras_retinanet_cpu_s'] / o['batch1']['cpu_s']:.2f}x |")
     m, direct = r.get("resnet50_443_classes"), r.get("resnet50_443_classes_direct")
     if m and direct:
-        ours = (f"| Model, ResNet50 443 classes {h}x{w}, float32, Winograd F(4x4, 3x3) classification conv (default) "
+        ours = (f"| Model, ResNet50 443 classes {h}x{w}, float32, Winograd F(4x4, 3x3) convs (default) "
                 f"| batch 1: {m['batch1']['cpu_s']:.2f} CPU s ({m['batch1']['images_per_s_wall']:.3f} img/s wall), "
                 f"flip batch 2: {m['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image ")
         if "keras_retinanet" in m:
@@ -118,7 +118,7 @@ def _model(r: dict) -> list[str]:
                         f"| **{m['batch1']['speedup_cpu_vs_keras_retinanet']:.2f}x** (flip "
                         f"{m['flip_batch2']['speedup_cpu_vs_keras_retinanet']:.2f}x; target >= 1.3x); "
                         f"{_found(agree)} |")
-        rows.append(ours + f"| our direct convolution (keras-retinanet's computation): {direct['batch1']['cpu_s']:.2f} "
+        rows.append(ours + f"| our direct convolutions (keras-retinanet's computation): {direct['batch1']['cpu_s']:.2f} "
                     f"CPU s, flip {direct['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image "
                     f"| **{m['batch1']['speedup_cpu_vs_direct']:.2f}x** "
                     f"(flip {m['flip_batch2']['speedup_cpu_vs_direct']:.2f}x); same labels: "

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
-from oid_retinanet.model.winograd import MIN_FILTERS, WinogradConv2D, conv3x3_winograd
+from oid_retinanet.model.winograd import MIN_CHANNELS, TILE, WinogradConv2D, conv3x3_winograd, default_tile
 from tests.conftest import REPO
 from tests.test_model import BACKENDS, _backend_env, _conv_np, _skip_unless_installed
 
@@ -85,19 +85,26 @@ def test_gradients_equal_conv2d():
         np.testing.assert_allclose(wb, wa, atol=1e-5, rtol=0)
 
 
-def test_only_large_classification_convs_use_winograd():
-    """443 classes (9 * 443 filters): Winograd, same outputs as the direct conv; 7 classes: the plain Conv2D."""
-    def last_conv(model):
-        return model.get_layer("classification_submodel").get_layer("pyramid_classification")
+def _winograd_layers(model) -> dict[str, int]:
+    inner = [sub for layer in model.layers for sub in (layer.layers if isinstance(layer, keras.Model) else [layer])]
+    return {layer.name: layer.tile for layer in inner if type(layer) is WinogradConv2D}
 
-    assert 9 * 7 < MIN_FILTERS <= 9 * 443
-    assert type(last_conv(retinanet(7))) is keras.layers.Conv2D
-    fast = retinanet(443)
-    assert type(last_conv(fast)) is WinogradConv2D and last_conv(fast).tile == 4
-    assert last_conv(retinanet(443, winograd=2)).tile == 2
-    assert type(fast.get_layer("regression_submodel").get_layer("pyramid_regression")) is keras.layers.Conv2D
-    plain = retinanet(443, winograd=False)
-    assert type(last_conv(plain)) is keras.layers.Conv2D
+
+def test_which_convolutions_use_winograd():
+    """The 3x3 stride-1 convs of at least MIN_CHANNELS channels and filters: ResNet50's res3-res5 branch2b, P3-P5,
+    the head towers, and the classification conv of a 443-class model (not of a 7-class one, nor the regression
+    conv, nor res2's 64-filter convs, nor the strided P6/P7); with the same outputs as the direct convolutions."""
+    assert MIN_CHANNELS == 128
+    resnet = [f"res{stage}{block}_branch2b" for stage, blocks in ((3, "abcd"), (4, "abcdef"), (5, "abc"))
+              for block in blocks]
+    towers = [f"pyramid_{head}_{i}" for head in ("regression", "classification") for i in range(4)]
+    expected = resnet + ["P3", "P4", "P5"] + towers
+    assert _winograd_layers(retinanet(7, winograd=4)) == dict.fromkeys(expected, 4)
+    fast = retinanet(443, winograd=4)
+    assert _winograd_layers(fast) == dict.fromkeys(expected + ["pyramid_classification"], 4)
+    assert set(_winograd_layers(retinanet(7, winograd=2)).values()) == {2}
+    plain = retinanet(443, winograd=0)
+    assert _winograd_layers(plain) == {}
     # Same variable names: weights files load into either.
     assert [v.path for v in plain.weights] == [v.path for v in fast.weights]
     rng = np.random.default_rng(4)
@@ -111,6 +118,30 @@ def test_only_large_classification_convs_use_winograd():
     boxes_v, scores_v, labels_v = retinanet_bbox(fast).predict_on_batch(x)
     np.testing.assert_array_equal(labels_v, labels_u)
     np.testing.assert_allclose(scores_v, scores_u, atol=1e-6, rtol=0)
+
+
+def test_default_is_winograd_on_a_cpu():
+    """No winograd argument: F(4x4, 3x3) where the backend computes on a CPU (0 on a GPU: not this machine)."""
+    if default_tile() == 0:
+        pytest.skip("this backend has a GPU: the default is the direct convolution")
+    assert default_tile() == TILE == 4
+    assert set(_winograd_layers(retinanet(7)).values()) == {4}
+
+
+def test_mixed_precision_computes_the_direct_convolution():
+    a, _ = _pair("same", None)
+    x = np.random.default_rng(6).standard_normal((1, 8, 9, 16)).astype(np.float32)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        direct, winograd = keras.layers.Conv2D(24, 3, padding="same"), WinogradConv2D(24, 3, padding="same")
+        direct.build(x.shape)
+        winograd.build(x.shape)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    winograd.set_weights(a.get_weights())
+    direct.set_weights(a.get_weights())
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(winograd(x)), keras.ops.convert_to_numpy(direct(x)))
 
 
 def test_keras_format_round_trip(tmp_path):

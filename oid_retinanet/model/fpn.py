@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from oid_retinanet.model.winograd import conv3x3
+
 FEATURE_SIZE = 256
 
 
@@ -40,21 +42,24 @@ class UpsampleLike(keras.layers.Layer):
         return (source[0], target[1], target[2], source[3])
 
 
-def feature_pyramid(c3, c4, c5, feature_size: int = FEATURE_SIZE, pyramid_levels=(3, 4, 5, 6, 7)) -> dict:
-    """keras-retinanet's `__create_pyramid_features`: a dict 'P3'..'P7' of tensors (P6/P7 only if in levels)."""
+def feature_pyramid(c3, c4, c5, feature_size: int = FEATURE_SIZE, pyramid_levels=(3, 4, 5, 6, 7),
+                    winograd: int = 0) -> dict:
+    """keras-retinanet's `__create_pyramid_features`: a dict 'P3'..'P7' of tensors (P6/P7 only if in levels).
+
+    winograd: the output tile side of the Winograd P3..P5 convs (model/winograd.py), 0 for direct ones."""
     conv = keras.layers.Conv2D
     p5 = conv(feature_size, 1, padding="same", name="C5_reduced")(c5)
     p5_upsampled = UpsampleLike(name="P5_upsampled")([p5, c4])
-    p5 = conv(feature_size, 3, padding="same", name="P5")(p5)
+    p5 = conv3x3(feature_size, feature_size, winograd, padding="same", name="P5")(p5)
 
     p4 = conv(feature_size, 1, padding="same", name="C4_reduced")(c4)
     p4 = keras.layers.Add(name="P4_merged")([p5_upsampled, p4])
     p4_upsampled = UpsampleLike(name="P4_upsampled")([p4, c3])
-    p4 = conv(feature_size, 3, padding="same", name="P4")(p4)
+    p4 = conv3x3(feature_size, feature_size, winograd, padding="same", name="P4")(p4)
 
     p3 = conv(feature_size, 1, padding="same", name="C3_reduced")(c3)
     p3 = keras.layers.Add(name="P3_merged")([p4_upsampled, p3])
-    p3 = conv(feature_size, 3, padding="same", name="P3")(p3)
+    p3 = conv3x3(feature_size, feature_size, winograd, padding="same", name="P3")(p3)
 
     out = {"P3": p3, "P4": p4, "P5": p5}
     if 7 in pyramid_levels and 6 not in pyramid_levels:

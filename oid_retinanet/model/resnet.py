@@ -18,6 +18,8 @@ from collections import Counter
 
 import keras
 
+from oid_retinanet.model.winograd import conv3x3
+
 CONV1_SAME = "same"
 CONV1_ZERO_PADDING = "zero_padding"
 CONV1_VARIANTS = (CONV1_SAME, CONV1_ZERO_PADDING)
@@ -93,14 +95,15 @@ def _bn(x, name: str):
     return FrozenBatchNormalization(axis=-1, epsilon=BN_EPSILON, name=name)(x)
 
 
-def bottleneck(x, filters: int, label: str, stride: int, shortcut_conv: bool):
-    """One keras-resnet bottleneck block `res<label>` (stride on the first 1x1 conv and the shortcut)."""
+def bottleneck(x, filters: int, label: str, stride: int, shortcut_conv: bool, winograd: int = 0):
+    """One keras-resnet bottleneck block `res<label>` (stride on the first 1x1 conv and the shortcut); its 3x3
+    conv as `winograd.conv3x3` (Winograd F(m x m, 3x3), m = winograd, from 128 filters on; 0: direct)."""
     conv = keras.layers.Conv2D
     y = conv(filters, 1, strides=stride, use_bias=False, name=f"res{label}_branch2a")(x)
     y = _bn(y, f"bn{label}_branch2a")
     y = keras.layers.Activation("relu", name=f"res{label}_branch2a_relu")(y)
     y = keras.layers.ZeroPadding2D(1, name=f"padding{label}_branch2b")(y)
-    y = conv(filters, 3, use_bias=False, name=f"res{label}_branch2b")(y)
+    y = conv3x3(filters, filters, winograd, use_bias=False, name=f"res{label}_branch2b")(y)
     y = _bn(y, f"bn{label}_branch2b")
     y = keras.layers.Activation("relu", name=f"res{label}_branch2b_relu")(y)
     y = conv(filters * 4, 1, use_bias=False, name=f"res{label}_branch2c")(y)
@@ -114,10 +117,11 @@ def bottleneck(x, filters: int, label: str, stride: int, shortcut_conv: bool):
     return keras.layers.Activation("relu", name=f"res{label}_relu")(y)
 
 
-def resnet_features(inputs, depth: int = 50, conv1: str = CONV1_SAME) -> dict[str, object]:
+def resnet_features(inputs, depth: int = 50, conv1: str = CONV1_SAME, winograd: int = 0) -> dict[str, object]:
     """Apply a keras-resnet ResNet to `inputs` (B, H, W, 3, caffe-preprocessed BGR); return C2..C5 tensors.
 
     depth: 50, 101 or 152. conv1: CONV1_SAME (keras-resnet 0.2.0) or CONV1_ZERO_PADDING (0.1.0).
+    winograd: the output tile side of the blocks' Winograd 3x3 convs (model/winograd.py), 0 for direct ones.
     """
     if depth not in BLOCKS:
         raise ValueError(f"unknown ResNet depth {depth}: expected one of {sorted(BLOCKS)}")
@@ -137,7 +141,7 @@ def resnet_features(inputs, depth: int = 50, conv1: str = CONV1_SAME) -> dict[st
     for stage, labels in enumerate(block_names(depth)):
         for b, label in enumerate(labels):
             stride = 2 if (b == 0 and stage > 0) else 1
-            x = bottleneck(x, filters, label, stride, shortcut_conv=(b == 0))
+            x = bottleneck(x, filters, label, stride, shortcut_conv=(b == 0), winograd=winograd)
         features[f"C{stage + 2}"] = x
         filters *= 2
     return features

@@ -26,7 +26,7 @@ from oid_retinanet.model.fpn import FEATURE_SIZE, feature_pyramid
 from oid_retinanet.model.heads import PRIOR_PROBABILITY, classification_submodel, regression_submodel
 from oid_retinanet.model.mobilenet import is_mobilenet, mobilenet_features, parse_mobilenet
 from oid_retinanet.model.resnet import CONV1_SAME, parse_backbone, resnet_features
-from oid_retinanet.model.winograd import TILE as WINOGRAD_TILE
+from oid_retinanet.model.winograd import MATRICES, default_tile
 
 TRAINING_NAME = "retinanet"
 INFERENCE_NAME = "retinanet-bbox"
@@ -37,7 +37,7 @@ DTYPE_POLICY = "float32"
 def retinanet(num_classes: int, backbone: str | int = "resnet50", conv1: str = CONV1_SAME,
               anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS, feature_size: int = FEATURE_SIZE,
               prior_probability: float = PRIOR_PROBABILITY, input_shape=(None, None, 3),
-              dtype_policy: str = DTYPE_POLICY, winograd: int = WINOGRAD_TILE,
+              dtype_policy: str = DTYPE_POLICY, winograd: int | None = None,
               name: str = TRAINING_NAME) -> keras.Model:
     """The training model: ResNet (or MobileNet) backbone, FPN, shared regression and classification heads.
 
@@ -45,10 +45,11 @@ def retinanet(num_classes: int, backbone: str | int = "resnet50", conv1: str = C
     conv1 (ResNets): 'same' (keras-resnet 0.2.0) or 'zero_padding' (0.1.0, the 2018 releases).
     dtype_policy: 'float32' (exact) or a Keras mixed policy such as 'mixed_bfloat16' (variables stay float32,
     so the same weights load; outputs are then bfloat16).
-    winograd: the classification conv of a many-class model (443, 500 classes) runs as Winograd F(m x m, 3x3),
-    m = winograd: 4 (the default, 2.5x faster there on a CPU) or 2 (1.5x, rounding error below the direct
-    convolution's) (model/winograd.py: same weights, same results within float32 rounding); 0 (or False) keeps
-    keras-retinanet's direct convolution everywhere.
+    winograd: the 3x3 convs of at least 128 channels and filters (ResNet blocks from res3, P3..P5, the head
+    towers, the classification conv of a many-class model) run as Winograd F(m x m, 3x3), m = winograd: 4 or 2
+    (model/winograd.py: same weights, same results within float32 rounding; m = 4 about 1.3x the whole model on a
+    CPU); 0 (or False) keeps keras-retinanet's direct convolution everywhere; None (the default): 4 where the
+    backend computes on a CPU, 0 on a GPU.
     Outputs are named 'regression' and 'classification'.
     """
     previous = keras.config.dtype_policy()
@@ -64,6 +65,9 @@ def _retinanet(num_classes, backbone, conv1, anchor_params, feature_size, prior_
                name):
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    winograd = default_tile() if winograd is None else int(winograd)
+    if winograd and winograd not in MATRICES:
+        raise ValueError(f"winograd must be 0 or one of {sorted(MATRICES)} (the output tile side), got {winograd}")
     levels = tuple(anchor_params.pyramid_levels)
     if not {3, 4, 5} <= set(levels) or not set(levels) <= {3, 4, 5, 6, 7}:
         raise ValueError(f"pyramid levels must include 3, 4 and 5 and lie in 3..7, got {levels}")
@@ -71,11 +75,13 @@ def _retinanet(num_classes, backbone, conv1, anchor_params, feature_size, prior_
     if is_mobilenet(backbone):
         c = mobilenet_features(inputs, parse_mobilenet(backbone))
     else:
-        c = resnet_features(inputs, depth=parse_backbone(backbone), conv1=conv1)
-    p = feature_pyramid(c["C3"], c["C4"], c["C5"], feature_size=feature_size, pyramid_levels=levels)
+        c = resnet_features(inputs, depth=parse_backbone(backbone), conv1=conv1, winograd=winograd)
+    p = feature_pyramid(c["C3"], c["C4"], c["C5"], feature_size=feature_size, pyramid_levels=levels,
+                        winograd=winograd)
     features = [p[f"P{level}"] for level in levels]
     heads = [
-        ("regression", regression_submodel(anchor_params.num_anchors, pyramid_feature_size=feature_size)),
+        ("regression", regression_submodel(anchor_params.num_anchors, pyramid_feature_size=feature_size,
+                                           winograd=winograd)),
         ("classification", classification_submodel(num_classes, anchor_params.num_anchors,
                                                    pyramid_feature_size=feature_size,
                                                    prior_probability=prior_probability, winograd=winograd)),
