@@ -17,10 +17,13 @@ direct float32 convolution's ~1.3e-6; F(4x4, 3x3) ~4e-6 (root mean square 3x the
 443-class benchmark model the detections are keras-retinanet's (the same 300 labels, boxes and scores within 2e-6).
 
 Where it pays: the transforms cost memory traffic in proportion to C + K, the matmul saves arithmetic in
-proportion to C * K, so it wins on convolutions with many output filters. In RetinaNet that is the last
-classification conv with 443 or 500 classes (256 -> 9 * classes filters, about half of the model's arithmetic):
-on this project's 2-core CPU F(4x4, 3x3) runs it 2.5x faster than the direct convolution on TensorFlow (F(2x2, 3x3)
-1.5x), 1.35x on torch, and both lose on the 256 -> 256 convs (bench/bench_model.py measures the model).
+proportion to C * K, so it wins from about 128 input channels and filters on (MIN_CHANNELS; `conv3x3` chooses). On
+this project's 2-core CPU with TensorFlow F(4x4, 3x3) runs a 256 -> 256 conv at 96x128 1.8x faster than the direct
+convolution and RetinaNet's 443-class classification conv (256 -> 3987) 2.5x faster; 64 -> 64 at 192x256 is
+slower. Tiles are gathered with unit-stride slices of blocks of `tile` rows, not with strided slices, which cost
+TensorFlow 9x more there. In RetinaNet (`retinanet(..., winograd=4)`, the CPU default) that makes the whole model
+about 1.3x faster (bench/bench_model.py). On torch (eager) the gain is smaller: its convolutions are no longer the
+bottleneck there.
 """
 
 from __future__ import annotations
