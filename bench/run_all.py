@@ -119,7 +119,8 @@ def _model(r: dict) -> list[str]:
                         f"{m['flip_batch2']['speedup_cpu_vs_keras_retinanet']:.2f}x; target >= 1.3x); "
                         f"{_found(agree)} |")
         rows.append(ours + "| our direct convolutions (keras-retinanet's computation): "
-                    f"{direct['batch1']['cpu_s']:.2f} CPU s, flip {direct['flip_batch2']['cpu_s'] / 2:.2f} CPU s an image "
+                    f"{direct['batch1']['cpu_s']:.2f} CPU s, flip {direct['flip_batch2']['cpu_s'] / 2:.2f} CPU s "
+                    "an image "
                     f"| **{m['batch1']['speedup_cpu_vs_direct']:.2f}x** "
                     f"(flip {m['flip_batch2']['speedup_cpu_vs_direct']:.2f}x); same labels: "
                     f"{m['same_labels_as_direct']}, scores max dev {m['max_abs_dev_scores_vs_direct']:.1g} |")
