@@ -8,8 +8,8 @@ device synchronisation (a numpy result, a Python float, or torch.cuda.synchroniz
   `retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=K)` in eval mode, its transform set
   to min_size=H, max_size=W (checked: it runs at exactly HxW), float32 and bfloat16 autocast. Last, if time is
   left, our network alone (the training model's raw outputs, no box decoding or filtering), also at the
-  largest batch with `retinanet(..., winograd=False)` (the direct convolution where the model code computes
-  the many-class classification conv as Winograd by default).
+  largest batch with `retinanet(..., winograd=4)` (Winograd F(4x4, 3x3) convolutions, the default on a CPU; on a
+  GPU the default is the direct convolution: this case tells whether Winograd pays there too).
 - training (issue 13): one training step repeated (`train_on_batch`: `train.trainer.compile_model`'s focal and
   smooth-L1 losses, Adam with clipnorm) on batch 8 with fixed targets (`data.targets.anchor_targets` on
   synthetic boxes), float32 and mixed bfloat16; beside it torchvision's step (model(images, targets), backward,
@@ -99,8 +99,8 @@ def case_id(case: dict) -> str:
         parts.append(f"b{case['batch']}")
     if case["part"] == "inference":
         parts.append(case["variant"])
-    if case.get("winograd") is False:
-        parts.append("direct")
+    if "winograd" in case:
+        parts.append(f"winograd{case['winograd']}" if case["winograd"] else "direct")
     return "/".join(parts)
 
 
@@ -131,10 +131,10 @@ def make_plan(parts: list[str], backends: list[str], reference: bool, network_on
         for g in keras_groups:
             job(g, "stage4", [{"dtype": d, "batch_size": bs, "workers": w} for d, bs, w in settings])
     if "inference" in parts and network_only:
-        # the network alone, then with the direct convolution where the code's default is another (Winograd)
+        # the network alone, then with Winograd F(4x4, 3x3) convolutions (the default on a CPU, not on a GPU)
         for g in keras_groups:
             job(g, "inference", [{"dtype": d, "batch": b, "variant": "network"} for d in s.dtypes for b in s.batches]
-                + [{"dtype": d, "batch": max(s.batches), "variant": "network", "winograd": False} for d in s.dtypes])
+                + [{"dtype": d, "batch": max(s.batches), "variant": "network", "winograd": 4} for d in s.dtypes])
     return jobs
 
 
@@ -334,8 +334,9 @@ def markdown(result: dict) -> str:
 
     def model_name(c: dict) -> str:
         name = {"full": "inference model", "network": "network only"}[c["variant"]]
-        if c.get("winograd") is False:
-            return name + ", direct conv"
+        if "winograd" in c:
+            w = c["winograd"]
+            return name + (f", Winograd F({w}x{w}, 3x3) convs" if w else ", direct conv")
         if c.get("classification_conv", "Conv2D") != "Conv2D":
             return name + f" ({c['classification_conv']})"
         return name
@@ -517,10 +518,10 @@ class Worker:
             self.torch.cuda.synchronize()
 
     # --- Keras models ----------------------------------------------------------------------------------
-    def keras_models(self, dtype: str, calibration_input: np.ndarray, winograd: bool | None = None) -> dict:
+    def keras_models(self, dtype: str, calibration_input: np.ndarray, winograd: int | None = None) -> dict:
         """The training and inference models of `dtype`: the float32 model with the code's defaults is built and
-        calibrated first, the others get its weights. winograd: None (the default), or False for the direct
-        convolution everywhere (model.retinanet's `winograd` option, where the model code has it)."""
+        calibrated first, the others get its weights. winograd: None (the default), or model.retinanet's
+        `winograd` option (the Winograd tile side, 0 for the direct convolution), where the model code has it."""
         key = (dtype, winograd)
         base = ("fp32", None)
         if key in self.models:

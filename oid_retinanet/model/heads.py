@@ -4,7 +4,7 @@ Each is a small functional model applied to every P level (keras-retinanet's lay
 256 filters with ReLU, then a 3x3 conv to A*4 (regression) or A*K (classification), reshaped to (B, H*W*A, 4)
 or (B, H*W*A, K) in NHWC order, so anchor index = (y * W + x) * A + a. The classification output goes through
 a sigmoid; its last bias starts at -log((1 - pi) / pi) so every score starts at the prior probability pi.
-With `winograd` set, the 3x3 convs of at least 128 filters (the four of each tower, and the last classification
+With `winograd` set, the 3x3 convs of at least 128 channels and filters (the four of each tower, the last classification
 conv of the 443- and 500-class models) are computed with Winograd F(m x m, 3x3) (model/winograd.py): the same
 weights, results within float32 rounding, 4x fewer multiplications for m = 4.
 """
