@@ -13,8 +13,8 @@ score > 0.05, 300 boxes):
   as many scores pass 0.05 as in the fixture), the configuration the project runs, with its 3x3 convs of
   >= 128 channels as Winograd F(4x4, 3x3) (the CPU default, model/winograd.py) and, in the same run, with
   keras-retinanet's direct convolutions (`winograd=0`).
-Both models' detections are compared with keras-retinanet's. The achieved GFLOP/s
-  (direct-convolution FLOPs / time) are set against the backend's float32 matmul rate measured in the same run.
+Both models' detections are compared with keras-retinanet's. The achieved GFLOP/s (direct-convolution FLOPs /
+time) are set against the backend's float32 matmul rate measured in the same run.
 
 The 7-class model is also timed on the other Keras backends where installed (torch, JAX; a subprocess each),
 on torch with and without model/torch_layout.py (Keras' own layout copies every conv input to NCHW).
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
                 v.assign(materialize.weight_value(layout["seed"], f"{sub.name}/{v.name}:0", v.shape, rule))
     direct = retinanet_bbox(model)
     gflop = conv_gflop(direct, height, width)
-    print(f"{NUM_CLASSES}-class model at {height}x{width}, direct classification conv ...", flush=True)
+    print(f"{NUM_CLASSES}-class model at {height}x{width}, direct convolutions ...", flush=True)
     r_direct = bench_model(direct, x, args.warmup, args.repeats)
     winograd = retinanet(NUM_CLASSES)
     winograd.set_weights(model.get_weights())
