@@ -5,7 +5,8 @@ Tolerances: float32 against float64 is judged relative to the output's largest m
 least as accurate as Keras' own direct float32 convolution on the same input (measured 0.25-0.9x its error);
 F(4x4, 3x3) within 8x of it or 1e-5 (its transforms' coefficients up to 16/15 and 8 amplify rounding: measured
 1.6-7.7x the direct convolution's error, 1.5e-6 to 5e-6 on 64 and 256 channels). The layer must equal Conv2D with
-the same weights within 1e-5 of the output's scale.
+the same weights within 1e-5 of the output's scale. Where it chooses the direct convolution (small inputs, training) it
+must be Conv2D exactly.
 Every test runs on each installed Keras backend (the others in a subprocess running this file).
 """
 
@@ -18,6 +19,7 @@ import keras
 import numpy as np
 import pytest
 
+from oid_retinanet.model import winograd as winograd_module
 from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
 from oid_retinanet.model.winograd import MIN_CHANNELS, TILE, WinogradConv2D, conv3x3_winograd, default_tile
 from tests.conftest import REPO
@@ -49,12 +51,14 @@ def test_winograd_equals_float64_direct_convolution(shape, padding, tile):
         assert _relative(got, expected) <= max(8 * _relative(direct, expected), 1e-5)
 
 
-def _pair(padding: str, activation: str | None, channels: int = 16, filters: int = 24, tile: int = 4):
-    """A Conv2D and a WinogradConv2D with the same random weights, each wrapped in a model of any input size."""
+def _pair(padding: str, activation: str | None, channels: int = 16, filters: int = 24, tile: int = 4,
+          min_pixels: int = 0):
+    """A Conv2D and a WinogradConv2D (Winograd from `min_pixels` input positions on: by default always) with the
+    same random weights, each wrapped in a model of any input size."""
     rng = np.random.default_rng(0)
     inputs = keras.Input((None, None, channels))
     direct = keras.layers.Conv2D(filters, 3, padding=padding, activation=activation)
-    winograd = WinogradConv2D(filters, 3, padding=padding, activation=activation, tile=tile)
+    winograd = WinogradConv2D(filters, 3, padding=padding, activation=activation, tile=tile, min_pixels=min_pixels)
     a, b = keras.Model(inputs, direct(inputs)), keras.Model(inputs, winograd(inputs))
     direct.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.2 for w in direct.get_weights()])
     winograd.set_weights(direct.get_weights())
@@ -73,16 +77,48 @@ def test_layer_equals_conv2d_for_several_sizes_in_one_traced_model(padding, acti
         np.testing.assert_allclose(v, u, atol=1e-5 * np.abs(u).max(), rtol=0)
 
 
+class InferenceCall(keras.Model):
+    """Calls its layer with training=False, which a functional model would replace with fit's training=True."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def call(self, x):
+        return self.layer(x, training=False)
+
+
 def test_gradients_equal_conv2d():
-    """Training through the layer: the same loss and gradients as Conv2D (keras.ops only, so autodiff works)."""
+    """Gradients through the Winograd computation (keras.ops only, so autodiff works): one SGD step from equal
+    weights gives equal weights."""
     a, b = _pair("same", "relu")
+    b = InferenceCall(b.layers[-1])
     x = np.random.default_rng(2).standard_normal((2, 10, 11, 16)).astype(np.float32)
     y = np.random.default_rng(3).standard_normal((2, 10, 11, 24)).astype(np.float32)
     for model in (a, b):
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         model.train_on_batch(x, y)
-    for wa, wb in zip(a.get_weights(), b.get_weights()):  # one SGD step from equal weights: equal gradients
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wb, wa, atol=1e-5, rtol=0)
+
+
+def _is_direct(u, v) -> bool:
+    """v is Conv2D's output u bit for bit (the direct convolution), or only within Winograd's rounding."""
+    np.testing.assert_allclose(v, u, atol=1e-5 * np.abs(u).max(), rtol=0)
+    return bool(np.array_equal(u, v))
+
+
+def test_small_inputs_and_training_compute_the_direct_convolution():
+    """Winograd from min_pixels input positions on, chosen per call: by Python for a known size (eager, JAX,
+    torch), by ops.cond in a TensorFlow graph traced for any size; in training always the direct convolution."""
+    a, b = _pair("same", None, min_pixels=100)
+    rng = np.random.default_rng(7)
+    for shape, direct in [((9, 12), False), ((8, 12), True), ((10, 10), False), ((9, 11), True), ((4, 30), False)]:
+        x = rng.standard_normal((2, *shape, 16)).astype(np.float32)
+        u = keras.ops.convert_to_numpy(a(x))
+        assert _is_direct(u, keras.ops.convert_to_numpy(b(x))) == direct, shape
+        assert _is_direct(a.predict_on_batch(x), b.predict_on_batch(x)) == direct, shape  # traced: sizes vary
+        assert _is_direct(u, keras.ops.convert_to_numpy(b(x, training=True))), shape
 
 
 def _winograd_layers(model) -> dict[str, int]:
@@ -90,11 +126,13 @@ def _winograd_layers(model) -> dict[str, int]:
     return {layer.name: layer.tile for layer in inner if type(layer) is WinogradConv2D}
 
 
-def test_which_convolutions_use_winograd():
+def test_which_convolutions_use_winograd(monkeypatch):
     """The 3x3 stride-1 convs of at least MIN_CHANNELS channels and filters: ResNet50's res3-res5 branch2b, P3-P5,
     the head towers, and the classification conv of a 443-class model (not of a 7-class one, nor the regression
-    conv, nor res2's 64-filter convs, nor the strided P6/P7); with the same outputs as the direct convolutions."""
+    conv, nor res2's 64-filter convs, nor the strided P6/P7); with the same outputs as the direct convolutions
+    (Winograd on every input size here: the test image is small)."""
     assert MIN_CHANNELS == 128
+    monkeypatch.setattr(winograd_module, "MIN_PIXELS", 0)
     resnet = [f"res{stage}{block}_branch2b" for stage, blocks in ((3, "abcd"), (4, "abcdef"), (5, "abc"))
               for block in blocks]
     towers = [f"pyramid_{head}_{i}" for head in ("regression", "classification") for i in range(4)]
@@ -148,7 +186,7 @@ def test_keras_format_round_trip(tmp_path):
     a, b = _pair("same", "relu", tile=2)
     b.save(tmp_path / "w.keras")
     loaded = keras.saving.load_model(tmp_path / "w.keras")
-    assert [layer.tile for layer in loaded.layers if type(layer) is WinogradConv2D] == [2]
+    assert [(layer.tile, layer.min_pixels) for layer in loaded.layers if type(layer) is WinogradConv2D] == [(2, 0)]
     x = np.random.default_rng(5).standard_normal((1, 6, 7, 16)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict_on_batch(x), b.predict_on_batch(x))
 

@@ -46,10 +46,11 @@ def retinanet(num_classes: int, backbone: str | int = "resnet50", conv1: str = C
     dtype_policy: 'float32' (exact) or a Keras mixed policy such as 'mixed_bfloat16' (variables stay float32,
     so the same weights load; outputs are then bfloat16).
     winograd: the 3x3 convs of at least 128 channels and filters (ResNet blocks from res3, P3..P5, the head
-    towers, the classification conv of a many-class model) run as Winograd F(m x m, 3x3), m = winograd: 4 or 2
-    (model/winograd.py: same weights, same results within float32 rounding; m = 4 about 1.3x the whole model on a
-    CPU); 0 (or False) keeps keras-retinanet's direct convolution everywhere; None (the default): 4 where the
-    backend computes on a CPU, 0 on a GPU.
+    towers, the classification conv of a many-class model) run as Winograd F(m x m, 3x3), m = winograd: 4 or 2,
+    on inputs of at least winograd.MIN_PIXELS positions and not in training (model/winograd.py: same weights, same
+    results within float32 rounding; m = 4 1.4-1.9x the whole model on a CPU at 768x1024); 0 (or False) keeps
+    keras-retinanet's direct convolution everywhere; None (the default): 4 where the backend computes on a CPU, 0
+    on a GPU.
     Outputs are named 'regression' and 'classification'.
     """
     previous = keras.config.dtype_policy()

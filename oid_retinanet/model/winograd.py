@@ -20,10 +20,13 @@ Where it pays: the transforms cost memory traffic in proportion to C + K, the ma
 proportion to C * K, so it wins from about 128 input channels and filters on (MIN_CHANNELS; `conv3x3` chooses). On
 this project's 2-core CPU with TensorFlow F(4x4, 3x3) runs a 256 -> 256 conv at 96x128 1.8x faster than the direct
 convolution and RetinaNet's 443-class classification conv (256 -> 3987) 2.5x faster; 64 -> 64 at 192x256 is
-slower. Tiles are gathered with unit-stride slices of blocks of `tile` rows, not with strided slices, which cost
-TensorFlow 9x more there. In RetinaNet (`retinanet(..., winograd=4)`, the CPU default) that makes the whole model
-about 1.3x faster (bench/bench_model.py). On torch (eager) the gain is smaller: its convolutions are no longer the
-bottleneck there.
+slower. The transforms' dozens of small ops and the kernel transform also cost a fixed time per call, so each
+layer chooses per call: Winograd from MIN_PIXELS input positions on (RetinaNet at 768x1024: all but P6 and P7;
+at 128x160: none), the direct convolution below and in training, whose gradients through the transforms cost more
+than they save. Tiles are gathered with unit-stride slices of blocks of `tile` rows, not with strided slices, which
+cost TensorFlow 9x more there. In RetinaNet (`retinanet(..., winograd=4)`, the CPU default) that makes the whole
+model 1.4-1.9x faster at 768x1024 (bench/bench_model.py). On torch (eager) the gain is smaller: its convolutions
+are no longer the bottleneck there.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ TILE = 4  # the default output tile side
 # cost more than the arithmetic saved (on this project's CPU: 64 -> 64 at 192x256 slower, 128 -> 128 at 96x128
 # faster than the direct convolution; see the module doc).
 MIN_CHANNELS = 128
+# ... and from this many input positions (height x width) on: below it the dozens of small transform ops and the
+# kernel transform cost more than the arithmetic saved (measured on this project's CPU with TensorFlow, F(4x4)
+# against the direct convolution: 128 -> 128 channels 0.84x at 16x20 and 1.08x at 24x32; 256 -> 256 0.84x and 1.06x;
+# 512 -> 512 0.88x and 1.39x; 256 -> 3987 0.91x at 12x16 and 1.19x at 16x20). At 768x1024 that leaves P6 and P7
+# (12x16, 6x8) to the direct convolution; at 128x160 the whole model.
+MIN_PIXELS = 512
 
 
 def _leading_two(matrix: np.ndarray, x):
@@ -155,27 +164,40 @@ def conv3x3(filters: int, channels: int, winograd: int, **kwargs) -> keras.layer
 @keras.saving.register_keras_serializable(package="oid_retinanet")
 class WinogradConv2D(keras.layers.Conv2D):
     """Conv2D (same variables, weights files and results within float32 rounding) computed with Winograd
-    F(tile x tile, 3x3); `tile` is 4 (the default) or 2. Under a mixed-precision policy (bfloat16, float16) it
-    is Keras' direct convolution."""
+    F(tile x tile, 3x3), `tile` 4 (the default) or 2, on inputs of at least `min_pixels` positions (MIN_PIXELS).
 
-    def __init__(self, *args, tile: int = TILE, **kwargs):
+    Keras' direct convolution on smaller inputs, in training (`training=True`: the gradients of the transforms
+    cost more than the direct convolution's on this project's CPU, 0.4-0.9x at 128 and 256 channels) and under a
+    mixed-precision policy (bfloat16, float16: the transforms' rounding would add to its own). Where the sides are
+    only known when it runs (a TensorFlow graph traced for any image size) it chooses then, with `ops.cond`."""
+
+    def __init__(self, *args, tile: int = TILE, min_pixels: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if tile not in MATRICES:
             raise ValueError(f"{self.name}: Winograd tile side must be one of {sorted(MATRICES)}, got {tile}")
         self.tile = tile
+        self.min_pixels = MIN_PIXELS if min_pixels is None else int(min_pixels)
         if not is_eligible(self):
             raise ValueError(f"{self.name}: Winograd F({tile}x{tile}, 3x3) needs a 3x3 kernel, stride 1, no dilation, "
                              f"one group and channels_last; got kernel_size={self.kernel_size}, "
                              f"strides={self.strides}, dilation_rate={self.dilation_rate}, groups={self.groups}, "
                              f"data_format={self.data_format}, padding={self.padding}")
 
-    def call(self, inputs):
-        if self.compute_dtype != "float32":  # in half precision the transforms' rounding would add to its own
-            return super().call(inputs)
+    def call(self, inputs, training=None):
+        direct = super().call
+        if training or self.compute_dtype != "float32":
+            return direct(inputs)
+        height, width = inputs.shape[1:3]
+        if height is not None and width is not None:  # eager, JAX and torch, a graph traced for this size
+            return self._winograd(inputs) if height * width >= self.min_pixels else direct(inputs)
+        shape = ops.shape(inputs)
+        return ops.cond(shape[1] * shape[2] >= self.min_pixels, lambda: self._winograd(inputs), lambda: direct(inputs))
+
+    def _winograd(self, inputs):
         y = conv3x3_winograd(inputs, ops.cast(self.kernel, inputs.dtype), self.padding, self.tile)
         if self.use_bias:
             y = y + ops.cast(self.bias, y.dtype)
         return self.activation(y) if self.activation is not None else y
 
     def get_config(self):
-        return {**super().get_config(), "tile": self.tile}
+        return {**super().get_config(), "tile": self.tile, "min_pixels": self.min_pixels}
