@@ -7,7 +7,8 @@ the boxes drawn on the page (SVG rectangles, in the upload's pixels) and the row
 are exactly the API's answer for the same file, filtered by the page's score threshold and parent switch
 (the page draws the API's numbers as they are); flip TTA off asks the API again; a file that is not an image
 shows the API's 415 message; a file dropped on the page is sent like a chosen one. The screenshot goes to
-demo_output/screenshots/serve_page.png (ignored by git; OID_SERVE_SCREENSHOT overrides it).
+test_output/serve_page.png (ignored by git; OID_SERVE_SCREENSHOT overrides it), not into demo_output/: `make demo`
+refuses to replace a folder that holds no demo run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from oid_retinanet.serve.app import Limits, create_app
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 PACKAGES = ("chromium", "chromium-driver")
-SCREENSHOT = Path(os.environ.get("OID_SERVE_SCREENSHOT", REPO / "demo_output" / "screenshots" / "serve_page.png"))
+SCREENSHOT = Path(os.environ.get("OID_SERVE_SCREENSHOT", REPO / "test_output" / "serve_page.png"))
 WAIT_S = 90
 
 
