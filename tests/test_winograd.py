@@ -100,6 +100,7 @@ def test_gradients_equal_conv2d():
         model.train_on_batch(x, y)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wb, wa, atol=1e-5, rtol=0)
+    assert not np.array_equal(a.get_weights()[0], b.get_weights()[0])  # the Winograd path ran, not Conv2D's
 
 
 def _is_direct(u, v) -> bool:
