@@ -7,17 +7,26 @@ import os
 import platform
 from pathlib import Path
 
+# The instruction sets that decide which CPU kernels oneDNN and XLA run (AVX2 only, AVX-512, native bfloat16):
+# two "AMD EPYC" machines differ by up to 1.5x in the model benchmarks with and without them.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
 
 def machine_info() -> dict:
-    """CPU model, core count, memory and Python version of this machine."""
+    """CPU model (with family, model number, microcode and the instruction sets in ISA_FLAGS as /proc/cpuinfo
+    gives them), core count, memory, kernel and Python version of this machine."""
     model = platform.processor() or "unknown"
+    cpu: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if not key:
+                break  # the first processor's block is enough
+            cpu.setdefault(key, value)
+        model = cpu.get("model name", model)
     except OSError:
         pass
+    flags = set(cpu.get("flags", "").split())
     mem_gb = None
     try:
         for line in open("/proc/meminfo"):
@@ -25,7 +34,20 @@ def machine_info() -> dict:
                 mem_gb = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gb": mem_gb, "python": platform.python_version()}
+    return {"cpu": model, "cpu_family": cpu.get("cpu family"), "cpu_model": cpu.get("model"),
+            "microcode": cpu.get("microcode"), "isa": [f for f in ISA_FLAGS if f in flags], "cores": os.cpu_count(),
+            "memory_gb": mem_gb, "kernel": platform.release(), "python": platform.python_version()}
+
+
+def describe_machine(machine: dict) -> str:
+    """One line for a report: CPU (family/model, microcode, instruction sets), cores, memory, kernel, Python."""
+    cpu = machine.get("cpu")
+    if machine.get("cpu_family") is not None:
+        cpu += f" (family {machine['cpu_family']} model {machine['cpu_model']}"
+        cpu += f", microcode {machine['microcode']}" if machine.get("microcode") else ""
+        cpu += f", {' '.join(machine.get('isa') or ['no AVX2'])})"
+    kernel = f", Linux {machine['kernel']}" if machine.get("kernel") else ""
+    return f"{cpu}, {machine.get('cores')} cores, {machine.get('memory_gb')} GB{kernel}, Python {machine.get('python')}"
 
 
 def write_result(out_dir: str, name: str, result: dict) -> Path:

@@ -1,12 +1,15 @@
-"""Shared plumbing of the scripts: logging set-up and turning user errors into one line and exit code 2."""
+"""Shared plumbing of the scripts: process set-up (the C allocator), logging, and turning user errors into one line
+and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import functools
 import logging
 import os
+import platform
 import sys
 from collections.abc import Callable, Iterator
 
@@ -31,12 +34,35 @@ def setup_logging(verbose: bool = False) -> None:
         tf_logger.removeHandler(handler)
 
 
+# glibc's malloc hands freed memory back to the kernel as soon as the top of a heap is free and serves blocks over its
+# (adaptive) mmap threshold with fresh mappings; a training or inference step frees and re-allocates its tensors
+# (gradients, optimizer temporaries, activations: ~0.65 GB a ResNet50 training step), so every step re-faults and
+# zeroes the same memory in the kernel: ~30% of the demo's training CPU time went there. Keeping freed memory in
+# the process (trim threshold 1 GB, fixed mmap threshold 32 MB, the largest glibc allows, few arenas) cuts the page
+# faults ~10x (docs/BENCHMARKS: kernel share). Set before any thread starts; OID_MALLOC=system keeps glibc's defaults.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
+MALLOC_SETTINGS = {_M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20, _M_MMAP_THRESHOLD: 32 << 20}
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (see above) when the C library is glibc; True when the settings took."""
+    if os.environ.get("OID_MALLOC", "").lower() == "system" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    settings = {**MALLOC_SETTINGS, _M_ARENA_MAX: max(2, os.cpu_count() or 1)}
+    return all(mallopt(param, value) == 1 for param, value in settings.items())
+
+
 def script_main(func: Callable[..., int]) -> Callable[..., int]:
     """Wrap a script's main(argv) so bad input ends with one line on stderr and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(argv: list[str] | None = None) -> int:
         prog = getattr(func, "__module__", "script")
+        tune_allocator()
         try:
             return func(argv)
         except (OIDInputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:

@@ -27,6 +27,13 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     for key in ("level1_map", "expanded_map", "ensemble_map"):
         assert 0.0 <= summary[key] <= 1.0
     assert all(s["seconds"] >= 0 and s["outputs"] for s in summary["stages"])
+    # each stage's CPU time is its own process's: training spends more than a second of it, the stages' sum is
+    # within the run's total (which adds the dataset and this process)
+    run = [s for s in summary["stages"] if "user_seconds" in s]
+    assert len(run) == len(summary["stages"]) - 1 and all(s["sys_seconds"] >= 0 for s in run)
+    assert next(s for s in run if s["name"].startswith("3."))["user_seconds"] > 1
+    for key in ("user_seconds", "sys_seconds"):
+        assert sum(s[key] for s in run) <= summary[key] + 0.1 * len(run)
     # the files handed from stage to stage exist and have the formats the next stage reads
     subm = tmp_path / "subm"
     for name in ("model_0_level_1.csv", "model_0_expanded.csv", "ensemble.csv"):

@@ -11,7 +11,10 @@ resized to 128/160. Rules:
 - decoding an upload: pixel for pixel what `read_image_bgr` reads from the same file, for each image mode;
 - bad input: the status code and the message, and the server answering a good request afterwards;
 - load: with a model call held open, requests past the admission limit get 503 at once and the admitted ones
-  finish; the held requests share model calls.
+  finish; the held requests share model calls;
+- one image answered in model calls of different batch sizes, or by another process: the same detections within
+  the model's tolerance (`assert_same_answer`), not bit for bit: CPU kernels block a batch of 2 differently from a
+  batch of 1 (scores differed by ~6e-8 on one machine, which moves the CSV's 6th decimal).
 The helpers here (model, server thread, requests) are imported by test_serve_browser.py.
 """
 
@@ -139,6 +142,29 @@ def detect(port: int, data: bytes, query: str = "", as_form: bool = True) -> tup
         body, ctype = data, "image/jpeg"
     status, _, text = request(port, "POST", "/api/detect" + query, body, {"Content-Type": ctype})
     return status, json.loads(text)
+
+
+SCORE_ATOL = 1e-5  # the model fixture's score tolerance (test_model.py)
+BOX_ATOL = 1.01e-4  # one unit of the CSV's 4th decimal, which a ~1e-7 difference can move
+
+
+def assert_same_answer(got: dict, expected: dict) -> None:
+    """The same detections and parents, each matched to one of the other answer's with the same mid, score within
+    SCORE_ATOL and normalised box within BOX_ATOL (pixel boxes within that times the side plus the 0.01 rounding
+    step); their order may differ only among scores within SCORE_ATOL."""
+    for key in ("detections", "parents"):
+        a, b = got[key], expected[key]
+        assert len(a) == len(b), (key, len(a), len(b))
+        used = [False] * len(b)
+        for e in a:
+            match = next((j for j, f in enumerate(b) if not used[j] and f["mid"] == e["mid"]
+                          and f["label"] == e["label"] and abs(f["score"] - e["score"]) <= SCORE_ATOL
+                          and np.allclose(f["box"], e["box"], rtol=0, atol=BOX_ATOL)
+                          and np.allclose(f["box_px"], e["box_px"], rtol=0,
+                                          atol=BOX_ATOL * max(got["image"]["width"], got["image"]["height"]) + 0.011)),
+                         None)
+            assert match is not None, (key, e, b)
+            used[match] = True
 
 
 def make_photo(path: Path, width: int = 400, height: int = 300) -> bytes:
@@ -384,7 +410,8 @@ def test_many_requests_at_once_are_refused_or_queued_and_batched(photo, service)
     # one call for the first request (with a second one if it was already waiting), one for the rest
     assert svc.worker.calls == 2
     assert sorted(body["batch_images"] for _, body in answers) == [1, 2, 2]
-    assert all(body["detections"] == answers[0][1]["detections"] for _, body in answers)
+    for _, body in answers[1:]:
+        assert_same_answer(body, answers[0][1])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -451,7 +478,7 @@ def test_python_m_serve_serves_the_demo_model(server, photo, tmp_path):
         status, answer = detect(port, data)
         assert status == 200
         _, expected = detect(server.port, data)
-        assert answer["detections"] == expected["detections"] and answer["parents"] == expected["parents"]
+        assert_same_answer(answer, expected)  # another process: same shapes, but threads may differ
         status, headers, page = request(port, "GET", "/")
         assert status == 200 and b'id="overlay"' in page and "default-src 'self'" in headers["content-security-policy"]
     finally:

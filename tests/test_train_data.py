@@ -233,3 +233,16 @@ def test_snapshot_keeps_the_newest(tmp_path):
     assert [epoch for epoch, _ in snapshots(tmp_path, "resnet50", "1")] == [2, 3]
     assert latest_snapshot(tmp_path, "resnet50", "1").name == "resnet50_oid_level_1_03.keras"
     assert (tmp_path / "resnet50_oid_level_2_01.keras").exists()
+
+
+def test_snapshot_every_n_epochs_and_the_last(tmp_path):
+    """--snapshot-every 3 over 7 epochs, resumed at 2: epochs 3, 6 and the last, 7; none of a run's others."""
+    import keras
+
+    from oid_retinanet.train.callbacks import Snapshot, snapshots
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((4, 3), "float32"), np.zeros((4, 1), "float32"), initial_epoch=1, epochs=7, verbose=0,
+              callbacks=[Snapshot(tmp_path, "resnet50", "1", every=3)])
+    assert [epoch for epoch, _ in snapshots(tmp_path, "resnet50", "1")] == [3, 6, 7]

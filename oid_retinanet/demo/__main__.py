@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -84,7 +85,8 @@ def _stages(data: Path, out: Path, plan: Plan) -> list[Stage]:
                 LABELS_FILTER, "--dataset-path", str(data), "--output-path", str(levels), "--snapshot-path",
                 str(snapshots), "--image-min-side", str(plan.min_side), "--image-max-side", str(plan.max_side),
                 "--batch-size", str(plan.batch_size), "--epochs", str(plan.epochs), "--steps", str(plan.steps),
-                "--lr", str(plan.lr), "--seed", str(seed), "--no-evaluation", "--keep-snapshots", "1"], snapshots),
+                "--lr", str(plan.lr), "--seed", str(seed), "--no-evaluation", "--snapshot-every", str(plan.epochs)],
+                snapshots),
             Stage(f"3b. convert model {seed} to an inference model", [
                 "retinanet_training_level_1/convert_retinanet_model.py",
                 str(snapshots / f"{plan.backbone}_oid_level_1_{plan.epochs:02d}.keras"), str(inference)], inference),
@@ -168,19 +170,21 @@ def main(argv: list[str] | None = None) -> int:
                TF_CPP_MIN_LOG_LEVEL="2")
     for stage in _stages(data, out, plan):
         start_wall = time.time() - 1
-        t = time.perf_counter()
+        t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run([sys.executable, str(REPO / stage.command[0]), *stage.command[1:]], cwd=REPO, env=env,
                               capture_output=True, text=True)
-        seconds = time.perf_counter() - t
+        seconds, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU time beside the wall time: a slow machine shows whether the time went to the kernel (sys)
+        user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
         if proc.returncode != 0:
             print(proc.stdout[-5000:] + proc.stderr[-5000:], file=sys.stderr)
             print(f"== {stage.name}: FAILED (exit {proc.returncode})", file=sys.stderr)
             return 1
         outputs = _files(stage.outputs, start_wall)
         record = {"name": stage.name, "command": ["python", *stage.command], "outputs": outputs,
-                  "seconds": round(seconds, 2)}
-        print(f"== {stage.name}: {seconds:.1f} s\n   $ python {' '.join(stage.command)}\n{_table(outputs)}",
-              flush=True)
+                  "seconds": round(seconds, 2), "user_seconds": round(user, 2), "sys_seconds": round(system, 2)}
+        print(f"== {stage.name}: {seconds:.1f} s (CPU: user {user:.1f} s, sys {system:.1f} s)\n"
+              f"   $ python {' '.join(stage.command)}\n{_table(outputs)}", flush=True)
         if stage.map_json is not None:
             key = stage.map_json.parent.name
             record[key] = summary[key] = json.loads(stage.map_json.read_text())["mAP"]
@@ -193,13 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     summary["serve_sides"] = [plan.min_side, plan.max_side]
     summary["visualized"] = sorted(str(p) for p in (out / f"cache_{first}" / "visualize").glob("*"))
     summary["seconds"] = round(time.perf_counter() - started, 1)
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    summary["user_seconds"] = round(sum(u.ru_utime for u in usage), 1)
+    summary["sys_seconds"] = round(sum(u.ru_stime for u in usage), 1)
     path = out / "summary.json"
     path.write_text(json.dumps(summary, indent=1))
     print(f"\nOID mAP on the validation split: level 1 {summary['level1_map']:.4f}, with parent classes "
           f"{summary['expanded_map']:.4f}, ensemble of {len(plan.seeds)} models "
           f"{summary['ensemble_map']:.4f}")
-    print(f"detections drawn: {out / f'cache_{first}' / 'visualize'}\nsummary: {path} "
-          f"({summary['seconds']:.0f} s)")
+    print(f"detections drawn: {out / f'cache_{first}' / 'visualize'}\nsummary: {path} ({summary['seconds']:.0f} s; "
+          f"CPU: user {summary['user_seconds']:.0f} s, sys {summary['sys_seconds']:.0f} s)")
     return 0
 
 

@@ -47,20 +47,24 @@ def latest_snapshot(folder: str | os.PathLike, backbone: str, level: str) -> Pat
 
 
 class Snapshot(keras.callbacks.Callback):
-    """Save the whole training model (weights, optimizer state, compile settings) after every epoch.
+    """Save the whole training model (weights, optimizer state, compile settings) after every `every`-th epoch
+    and after the last one.
 
     Written under a temporary name and renamed, so a run killed while saving leaves no half snapshot. keep > 0:
     after each save, only the `keep` newest snapshots of this backbone and level stay in the folder.
     """
 
-    def __init__(self, folder: str | os.PathLike, backbone: str, level: str, keep: int = 0) -> None:
+    def __init__(self, folder: str | os.PathLike, backbone: str, level: str, keep: int = 0, every: int = 1) -> None:
         super().__init__()
         self.folder = Path(folder)
         self.backbone = backbone
         self.level = level
         self.keep = keep
+        self.every = every
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (epoch + 1) % self.every and epoch + 1 != self.params.get("epochs"):
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / snapshot_name(self.backbone, self.level, epoch + 1)
         tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{SNAPSHOT_SUFFIX}")

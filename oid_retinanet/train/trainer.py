@@ -6,14 +6,15 @@ stages 1 and 2: `OUTPUT_PATH/level_N_files/{train,validation}-annotations-bbox-l
 beside them, `OUTPUT_PATH/{train,validation}_image_params.csv`, and the images under
 `DATASET_PATH/{train,validation}/` (flat or one subfolder deep).
 
-Written to --snapshot-path (default MODELS_PATH/snapshots/): a snapshot after every epoch
-(`resnet50_oid_level_1_05.keras`: model, optimizer state and compile settings), `training_log.csv` (loss and
-mAP per epoch, appended across resumed runs), `training_config.json` (the resolved settings), `classes.csv`
-(the model's classes in output order: `--labels` of retinanet_inference_example.py) and
-`mAP_stat_<backbone>.txt` (per-class AP of the last evaluation). `--snapshot FILE` resumes at the epoch in its
-name with its optimizer state (or only the weights, from a keras-retinanet .h5); `--resume` picks the newest
-snapshot in --snapshot-path and takes the earlier run's settings from its `training_config.json` for every
-option not given again (those given win, and the differences are logged).
+Written to --snapshot-path (default MODELS_PATH/snapshots/): a snapshot after every epoch (with --snapshot-every N
+after every N-th and the last: `resnet50_oid_level_1_05.keras`: model, optimizer state and compile settings),
+`training_log.csv` (loss and mAP per epoch, appended across resumed runs), `training_config.json` (the
+resolved settings), `classes.csv` (the model's classes in output order: `--labels` of
+retinanet_inference_example.py) and `mAP_stat_<backbone>.txt` (per-class AP of the last evaluation).
+`--snapshot FILE` resumes at the epoch in its name with its optimizer state (or only the weights, from a
+keras-retinanet .h5); `--resume` picks the newest snapshot in --snapshot-path and takes the earlier run's
+settings from its `training_config.json` for every option not given again (those given win, and the
+differences are logged).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
     p.add_argument("--lr", type=positive_float, default=LEARNING_RATE,
                    help=f"Adam learning rate, clipnorm {CLIPNORM} (default: %(default)s)")
     p.add_argument("--no-snapshots", dest="snapshots", action="store_false", help="do not save snapshots")
+    p.add_argument("--snapshot-every", type=positive_int, default=1, metavar="N",
+                   help="save a snapshot every N epochs and after the last one; a killed run resumes from the newest "
+                        "(default: %(default)s, every epoch as the original)")
     p.add_argument("--keep-snapshots", type=int, default=0, metavar="N",
                    help="keep only the newest N snapshots of this run (a ResNet50's is ~440 MB with its optimizer "
                         "state); 0 keeps all, as the original (default: %(default)s)")
@@ -403,7 +407,8 @@ def train(args: argparse.Namespace):
     os.makedirs(args.snapshot_path, exist_ok=True)
     callbacks.append(cb.TrainingLog(os.path.join(args.snapshot_path, "training_log.csv"), append=True))
     if args.snapshots:
-        callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level, keep=args.keep_snapshots))
+        callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level, keep=args.keep_snapshots,
+                                     every=args.snapshot_every))
     _write_config(args, inputs, train_data.num_classes, initial_epoch)
     write_class_descriptions(os.path.join(args.snapshot_path, CLASSES_FILE),
                              zip(train_data.classes.mids, train_data.classes.names))
