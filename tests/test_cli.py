@@ -1,0 +1,47 @@
+"""oid_retinanet.cli: the allocator settings every script gets at start.
+
+Rule: a step-like pattern (a dozen arrays of 1-30 MB allocated, touched and freed, 20 times) measured in a fresh
+process by its minor page faults, with the settings and with glibc's defaults (OID_MALLOC=system). glibc's
+defaults return the freed memory to the kernel and fault it in again each time (~85,000 faults on the machine
+this was written on); kept in the process, only the first round faults (~6,000). The test asks for 4x fewer.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+STEPS = """
+import resource, sys
+from oid_retinanet.cli import tune_allocator
+tuned = tune_allocator()
+import numpy as np
+sizes = [(1 + (7 * i) % 30) << 18 for i in range(12)]  # float32 arrays of 1-30 MB
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    arrays = [np.ones(n, np.float32) for n in sizes]
+    del arrays
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(malloc: str | None) -> tuple[bool, int]:
+    env = {k: v for k, v in os.environ.items() if k != "OID_MALLOC"}
+    if malloc:
+        env["OID_MALLOC"] = malloc
+    out = subprocess.run([sys.executable, "-c", STEPS], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    tuned, faults = out.stdout.split()
+    return tuned == "True", int(faults)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's")
+def test_freed_memory_is_kept_in_the_process():
+    tuned, faults_tuned = _faults(None)
+    untuned, faults_default = _faults("system")
+    assert tuned and not untuned
+    assert faults_tuned * 4 < faults_default, (faults_tuned, faults_default)
