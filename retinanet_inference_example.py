@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import a00_utils_and_constants as C
-from oid_retinanet.cli import fraction, positive_int, quiet_native_stderr, script_main, setup_logging
+from oid_retinanet.cli import fraction, positive_int, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.predict.ensemble import MERGE_TYPES, MIRROR_DEFAULTS
 
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights and not os.path.exists(args.weights):
         raise FileNotFoundError(2, "No such file or directory", args.weights)
     if args.weights:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        with quiet_native_stderr():
-            from oid_retinanet.model import h5  # Keras and its backend: seconds, and noisy on stderr
+        from oid_retinanet.model import h5
         from oid_retinanet.predict.inference import model_backbone, model_num_classes
 
         if args.weights.endswith(".keras"):

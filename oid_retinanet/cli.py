@@ -7,6 +7,8 @@ import argparse
 import contextlib
 import ctypes
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
 import platform
@@ -63,6 +65,7 @@ def script_main(func: Callable[..., int]) -> Callable[..., int]:
     def wrapper(argv: list[str] | None = None) -> int:
         prog = getattr(func, "__module__", "script")
         tune_allocator()
+        quiet_backend_start(any(a in ("-v", "--verbose") for a in (sys.argv[1:] if argv is None else argv)))
         try:
             return func(argv)
         except (OIDInputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
@@ -125,3 +128,40 @@ def quiet_native_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports TensorFlow, wherever the first `import tensorflow` happens (Keras, a script's defaults), with what
+    it prints at start hidden: its oneDNN and CPU-feature notices and, on a machine without a GPU, its CUDA
+    probe (`Could not find cuda drivers`, `failed call to cuInit: ... UNKNOWN ERROR (303)`), which read like
+    failures. The probe runs here (listing the physical devices), not at the first operation; the runtime is
+    not created, so --multi-gpu can still split the CPU into devices."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with quiet_native_stderr():
+            self.loader.exec_module(module)
+            module.config.list_physical_devices()
+
+
+def quiet_backend_start(verbose: bool) -> None:
+    """Unless verbose: TensorFlow's start-up lines hidden (see _QuietTensorFlowImport) and its later log at
+    warnings and errors (TF_CPP_MIN_LOG_LEVEL 2 unless set). With -v everything shows."""
+    if verbose or "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.meta_path.insert(0, _QuietTensorFlowImport())

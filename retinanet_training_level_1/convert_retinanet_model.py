@@ -22,7 +22,7 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
-from oid_retinanet.cli import quiet_native_stderr, script_main, setup_logging
+from oid_retinanet.cli import script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path
 
@@ -54,9 +54,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @script_main
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with quiet_native_stderr():
-        import oid_retinanet.model.h5  # noqa: F401  (Keras and its backend: seconds, and noisy on stderr)
     args = parse_args(argv)
     setup_logging(args.verbose)
     if not args.model_out.endswith(".keras"):

@@ -22,7 +22,7 @@ except ImportError:
     import _bootstrap  # noqa: F401
 
 import a00_utils_and_constants as C
-from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.cli import positive_int, script_main, setup_logging
 from oid_retinanet.data.image_params import (
     DEFAULT_EXTENSIONS,
     SUBSET_FOLDERS,
@@ -45,7 +45,7 @@ def build_parser(description: str, layout: str, default_subsets: list[str]) -> a
     p.add_argument("--input-path", default=C.INPUT_PATH,
                    help="folder holding the kaggle_test images (default: %(default)s)")
     p.add_argument("--output-path", default=C.OUTPUT_PATH, help="where the CSVs go (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=os.cpu_count(),
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count(),
                    help="processes reading images; 1 reads in this process (default: %(default)s)")
     p.add_argument("--extensions", nargs="+", default=list(DEFAULT_EXTENSIONS),
                    help="file extensions to scan, case-sensitive; the id is the name without it "

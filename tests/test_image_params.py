@@ -311,3 +311,28 @@ def test_2019_script_images_flag_names_output_after_folder(tmp_path, images):
 def test_script_without_any_folder_is_exit_2(tmp_path, capsys):
     assert script_2019.main(["--dataset-path", str(tmp_path), "--output-path", str(tmp_path / "out")]) == 2
     assert "no image folder found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", [script_2018, script_2019])
+@pytest.mark.parametrize("names", [("a.jpg", "a.png"), ("0/a.jpg", "1/a.jpg")])
+def test_two_files_with_one_image_id_are_refused(tmp_path, images, capsys, script, names):
+    """a.jpg and a.png (several --extensions), or one name in two subfolders: one line naming both, exit 2,
+    no CSV (it would give ImageID a two rows)."""
+    folder = tmp_path / "img"
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(images["rgb.jpg"])
+    (folder / "b.jpg").write_bytes(images["gray.jpg"])
+    rc = script.main(["--images", str(folder), "--output-path", str(tmp_path / "out"), "--extensions", "jpg", "png"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "image id a names 2 files" in err and all(name in err for name in names), err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two"])
+def test_workers_must_be_a_positive_count(tmp_path, capsys, workers):
+    with pytest.raises(SystemExit) as exc:
+        script_2018.main(["--images", str(tmp_path), "--workers", workers])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --workers:" in err and workers in err.splitlines()[-1], err

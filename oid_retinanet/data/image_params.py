@@ -34,6 +34,8 @@ How we read an image, and where that differs from the original:
   subset (the original used `train/*/*.jpg` and flat folders elsewhere; the Open Images layouts give the
   same files either way). Other extensions on request (`extensions=("jpg", "jpeg", "png")`), matched
   case-sensitively like the original's glob on Linux; names starting with '.' are skipped, as glob does.
+  Two files with one image id (`a.jpg` and `a.png`, or one name in two subfolders) stop the scan with both
+  paths named: the CSV would give that ImageID two rows (the original wrote both).
 - Row order: sorted by the image's path relative to the folder (the original followed the file system's
   order); compare with the original's files as a multiset of rows.
 
@@ -381,10 +383,14 @@ def scan_images(folder: str | os.PathLike, csv_path: str | os.PathLike, subset: 
     rels = list_images(folder, extensions)
     if not rels:
         log.warning("%s: no %s files in it or its subfolders", folder, "/".join(_dotted(extensions)))
-    dup = [i for i, c in Counter(image_id(r.rsplit("/", 1)[-1], extensions) for r in rels).items() if c > 1]
+    ids = [image_id(r.rsplit("/", 1)[-1], extensions) for r in rels]
+    dup = [i for i, c in Counter(ids).items() if c > 1]
     if dup:
-        log.warning("%s: %d ids occur more than once (e.g. %s); each file keeps its row", folder, len(dup),
-                    dup[0])
+        # two rows with one ImageID would give later stages two sizes for one image (stage 4 refuses the same)
+        first = [r for r, i in zip(rels, ids) if i == dup[0]]
+        more = f" ({len(dup) - 1} more ids are shared)" if len(dup) > 1 else ""
+        raise OIDInputError(f"image id {dup[0]} names {len(first)} files: {', '.join(first)}{more}; keep one, or "
+                            "scan one extension (--extensions) or folder (--images) at a time", path=str(folder))
 
     partial = partial_path(csv_path)
     done: dict[str, tuple[str, FileParams]] = {}

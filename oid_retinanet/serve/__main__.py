@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:  # a00_utils_and_constants lives at the repository
     sys.path.insert(0, str(REPO))
 
 import a00_utils_and_constants as C  # noqa: E402
-from oid_retinanet.cli import fraction, positive_int, quiet_native_stderr, script_main, setup_logging  # noqa: E402
+from oid_retinanet.cli import fraction, positive_int, script_main, setup_logging  # noqa: E402
 from oid_retinanet.errors import OIDInputError  # noqa: E402
 
 log = logging.getLogger("oid_retinanet.serve")
@@ -155,11 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(2, "No such file or directory", labels_csv)
     sock = listen(args.host, args.port)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with quiet_native_stderr():
-        from oid_retinanet.model import h5  # Keras and its backend: seconds, and noisy on stderr
     import uvicorn
 
+    from oid_retinanet.model import h5
     from oid_retinanet.predict.inference import default_sides, model_backbone, model_num_classes
     from oid_retinanet.serve.app import Limits, create_app
     from oid_retinanet.serve.service import (
@@ -171,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     log.info("loading %s (from %s)", weights, source)
-    with quiet_native_stderr():  # the backend's device probing
-        model = h5.load_model(weights, inference=True)
+    model = h5.load_model(weights, inference=True)
     backbone, num_classes = model_backbone(model), model_num_classes(model)
     labels = model_labels(labels_csv, num_classes, C.CLASS_DESCRIPTIONS_CSV)
     min_side, max_side = default_sides(backbone)

@@ -422,15 +422,12 @@ def train(args: argparse.Namespace):
 def run_script(backbone: str, min_side: int, max_side: int, description: str, argv: list[str] | None) -> int:
     """main() of a training script."""
     import a00_utils_and_constants as C
-    from oid_retinanet.cli import quiet_native_stderr, setup_logging
+    from oid_retinanet.cli import setup_logging
 
     paths = {"DATASET_PATH": C.DATASET_PATH, "OUTPUT_PATH": C.OUTPUT_PATH, "MODELS_PATH": C.MODELS_PATH}
     parser = build_parser(backbone, min_side, max_side, description, paths)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     args = check_args(resume_settings(args, given_options(parser, argv)))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with quiet_native_stderr():
-        import keras  # noqa: F401
     train(args)
     return 0
