@@ -258,6 +258,27 @@ def test_corrected_mode_hand_worked(tmp_path, tiny):
                                                            "y,"]
 
 
+def test_out_of_domain_boxes_are_kept_counted_and_warned_once(tmp_path, tiny, capsys):
+    """A score of 7.5, a negative coordinate and x1 > x2: expanded as the original did (the parent copies the box),
+    one warning for the file with each kind's count and its first box's line; a clean file gets no warning."""
+    labels, hierarchy = tiny
+    files = ["--variant", "2019", "--class-descriptions", labels, "--hierarchy", hierarchy]
+    rows = [("a", "/m/s 7.5 0.1 0.1 0.2 0.2 /m/s 0.5 -0.1 0.1 0.2 0.2"), ("b", "/m/s 0.5 0.1 0.1 0.2 0.2"),
+            ("c", "/m/g 0.5 0.3 0.1 0.2 0.2 /m/g 9 0.1 0.1 0.2 0.2")]
+    capsys.readouterr()
+    out = _run(tmp_path, rows, *files, "--only-new")
+    assert out == ["a,/m/t 7.5 0.1 0.1 0.2 0.2 /m/t 0.5 -0.1 0.1 0.2 0.2 ", "b,/m/t 0.5 0.1 0.1 0.2 0.2 ", "c,"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1, warnings
+    src = tmp_path / "in.csv"
+    assert warnings[0].endswith(
+        f"{src}: 2 with a score outside [0, 1], 1 with a coordinate outside [0, 1], 1 with x1 > x2 or y1 > y2; kept "
+        f"as they are, as the original did (first: {src}, row 2: box 1 (7.5 0.1 0.1 0.2 0.2); {src}, row 2: box 2 "
+        f"(0.5 -0.1 0.1 0.2 0.2); {src}, row 4: box 1 (0.5 0.3 0.1 0.2 0.2))"), warnings[0]
+    _run(tmp_path, rows[1:2], *files)
+    assert " WARNING " not in capsys.readouterr().err
+
+
 def test_rows_without_parents_and_odd_rows(tmp_path, tiny):
     labels, hierarchy = tiny
     files = ["--variant", "2019", "--class-descriptions", labels, "--hierarchy", hierarchy]

@@ -69,6 +69,25 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not list(out.glob("**/*.csv"))
 
 
+@pytest.mark.parametrize("cell, message", [
+    ("x", "IsGroupOf is not a number: 'x'"), ("", "IsGroupOf is empty"), ("2", "IsGroupOf = 2 must be 0 or 1 or -1"),
+    ("nan", "IsGroupOf is not a number: 'nan'")])
+def test_one_bad_group_of_cell_stops_the_run(tmp_path, capsys, cell, message):
+    """One text cell in IsGroupOf once made pandas read the column as strings: `IsGroupOf == 0` was false on
+    every row, level 1 came out empty and the run exited 0. Now: the cell's line and value, exit 2, no files."""
+    header = ("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,"
+              "IsDepiction,IsInside\n")
+    good = "0a,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,0,0,0\n"
+    bad = tmp_path / "train.csv"
+    bad.write_text(header + good * 3 + f"0b,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,{cell},0,0\n" + good)
+    out = tmp_path / "out"
+    rc = script.main(["--levels", "1", "--train-csv", str(bad), "--validation-csv", str(bad),
+                      "--output-path", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines()[-1] == f"error: {bad}, row 5: {message}", err
+    assert not list(out.glob("**/*.csv"))
+
+
 def test_missing_input_file(tmp_path, capsys):
     rc = script.main(["--dataset-path", str(tmp_path), "--output-path", str(tmp_path / "out"), "--levels", "2"])
     assert rc == 2

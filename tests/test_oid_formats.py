@@ -128,6 +128,12 @@ def test_boxes_keep_ids_as_strings(tmp_path):
     ("0b,xclick,/m/01g317,1,0.1,0.5,0.9,0.6,0,0,0,0,0", "YMin = 0.9 > YMax = 0.6"),
     ("0b,xclick,/m/0zzzzz,1,0.1,0.5,0.2,0.6,0,0,0,0,0", "unknown MID '/m/0zzzzz'"),
     ("0b,xclick,,1,0.1,0.5,0.2,0.6,0,0,0,0,0", "empty LabelName"),
+    (",xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,0,0,0", "empty ImageID"),
+    ("0b,xclick,/m/01g317,high,0.1,0.5,0.2,0.6,0,0,0,0,0", "Confidence is not a number: 'high'"),
+    ("0b,xclick,/m/01g317,1.5,0.1,0.5,0.2,0.6,0,0,0,0,0", "Confidence = 1.5 must be in \\[0, 1\\]"),
+    ("0b,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,yes,0,0,0,0", "IsOccluded is not a number: 'yes'"),
+    ("0b,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,0,0,", "IsInside is empty"),
+    ("0b,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,0,3,0", "IsDepiction = 3 must be 0 or 1 or -1"),
 ])
 def test_bad_box_rows_name_file_row_and_value(tmp_path, row, message):
     v4 = read_class_descriptions(resource_path("class-descriptions-boxable.csv"))
@@ -145,6 +151,16 @@ def test_missing_columns_and_ragged_rows(tmp_path):
         read_boxes(path)
     path = write(tmp_path, "empty.csv", "")
     with pytest.raises(OIDInputError, match="empty.csv: file is empty"):
+        read_boxes(path)
+
+
+def test_official_unknown_flag_and_trailing_commas(tmp_path):
+    """-1 (unknown) is a flag value of the official files; a trailing comma on every data row is one field more
+    than the header, which pandas would take as an index and shift every value: refused at the first row."""
+    unknown = "0b,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,-1,-1,0,-1,-1"
+    assert list(read_boxes(write(tmp_path, "boxes.csv", f"{HEADER}\n{GOOD_ROW}\n{unknown}\n"))["IsOccluded"]) == [0, -1]
+    path = write(tmp_path, "commas.csv", f"{HEADER}\n{GOOD_ROW},\n{GOOD_ROW},\n")
+    with pytest.raises(OIDInputError, match="commas.csv, row 2: row has more fields than the header's 13"):
         read_boxes(path)
 
 

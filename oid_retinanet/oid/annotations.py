@@ -22,20 +22,28 @@ BOX_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "
 REQUIRED_BOX_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 COORD_COLUMNS = ("XMin", "XMax", "YMin", "YMax")
 ID_COLUMNS = ("ImageID", "Source", "LabelName")
+FLAG_COLUMNS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
+FLAG_VALUES = (0, 1, -1)  # -1: unknown, as the official files write it
 IMAGE_LABEL_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence")
 
 
 def read_csv_checked(path: str, required: tuple[str, ...], str_columns: tuple[str, ...] = ID_COLUMNS,
                      **kwargs) -> pd.DataFrame:
-    """pandas.read_csv with id columns kept as strings and parse errors named by file and line."""
+    """pandas.read_csv with id columns kept as strings and parse errors named by file and line. Only an empty
+    cell is missing: a text such as `nan`, `NA` or `null` stays text (an ImageID, or a value an error quotes)."""
     try:
-        df = pd.read_csv(path, dtype={c: str for c in str_columns}, **kwargs)
+        df = pd.read_csv(path, dtype={c: str for c in str_columns}, keep_default_na=False, na_values=[""],
+                         **kwargs)
     except pd.errors.EmptyDataError:
         raise OIDInputError("file is empty", path) from None
     except pd.errors.ParserError as exc:
         raise OIDInputError(f"malformed CSV: {str(exc).strip()}", path) from None
     except UnicodeDecodeError as exc:
         raise OIDInputError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas takes a first data row with one field more than the header (a trailing comma on every row) as
+        # an index column and shifts every value one column to the left: the values checked would be wrong
+        raise OIDInputError(f"row has more fields than the header's {len(df.columns)} (a trailing comma?)", path, 2)
     for c in str_columns:
         if c in df.columns and df[c].hasnans:
             df[c] = df[c].fillna("")  # an empty label is a negative image in level files, not a missing value
@@ -55,16 +63,49 @@ def _row(i: int) -> int:
     return i + 2  # 1-based line numbers, the header is line 1
 
 
+def _check_numbers(df: pd.DataFrame, path: str, column: str, allowed: tuple[float, ...] | None = None,
+                   low: float = 0.0, high: float = 1.0, may_be_empty: np.ndarray | None = None) -> None:
+    """OIDInputError for the column's first empty, non-numeric or out-of-domain cell (one of `allowed`, or within
+    [low, high] when allowed is None; empty allowed where may_be_empty). One text cell makes pandas read a whole
+    column as strings, where a comparison with 0 would then be false on every row: the column is checked, not
+    trusted."""
+    col = df[column]
+    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+    empty = col.isna().to_numpy()
+    bad = _first_bad(np.isnan(num) & ~(empty & may_be_empty if may_be_empty is not None else False))
+    if bad is not None:
+        what = "is empty" if empty[bad] else f"is not a number: {col.iloc[bad]!r}"
+        raise OIDInputError(f"{column} {what}", path, _row(bad))
+    with np.errstate(invalid="ignore"):
+        outside = ~np.isin(num, allowed) if allowed is not None else (num < low) | (num > high)
+    bad = _first_bad(outside & ~np.isnan(num))
+    if bad is not None:
+        domain = " or ".join(f"{v:g}" for v in allowed) if allowed is not None else f"in [{low:g}, {high:g}]"
+        value = col.iloc[bad]
+        shown = repr(value) if isinstance(value, str) else f"{num[bad]:g}"
+        raise OIDInputError(f"{column} = {shown} must be {domain}", path, _row(bad))
+    return num
+
+
 def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
                 allow_negatives: bool = False) -> None:
-    """Raise OIDInputError for the first bad row: non-numeric or out-of-range coordinates, XMin > XMax,
-    YMin > YMax, an empty or unknown LabelName.
+    """Raise OIDInputError for the first bad row: an empty ImageID, non-numeric or out-of-range coordinates,
+    XMin > XMax, YMin > YMax, an empty or unknown LabelName, a Confidence outside [0, 1], a flag column
+    (IsGroupOf, ...) that is not 0, 1 or the official -1.
 
     allow_negatives: rows with an empty LabelName and empty coordinates (level files' negative images).
     """
     labels = df["LabelName"]
     empty_label = (labels == "").to_numpy()
     negative = empty_label if allow_negatives else np.zeros(len(df), dtype=bool)
+    bad = _first_bad((df["ImageID"].str.strip() == "").to_numpy())
+    if bad is not None:
+        raise OIDInputError("empty ImageID", path, _row(bad))
+    for c in FLAG_COLUMNS:
+        if c in df.columns:
+            _check_numbers(df, path, c, FLAG_VALUES, may_be_empty=negative)
+    if "Confidence" in df.columns:
+        _check_numbers(df, path, "Confidence", may_be_empty=negative)
     coords = {}
     for c in COORD_COLUMNS:
         col = df[c]

@@ -239,18 +239,47 @@ def transform_csv(input_csv: str, output_csv: str, transform: Transform, block_s
 # Expansion
 
 
+# Boxes the original expanded without a word; kept as they are (their parents copy them), counted and warned.
+OUT_OF_DOMAIN = {"score": "a score outside [0, 1]", "coordinate": "a coordinate outside [0, 1]",
+                 "reversed": "x1 > x2 or y1 > y2"}
+
+
 @dataclass
 class ExpansionSummary:
-    """Counts of one run."""
+    """Counts of one run; out_of_domain: boxes of each kind in OUT_OF_DOMAIN, and where the first of each is."""
 
     images: int = 0
     boxes: int = 0
     parent_candidates: int = 0
     parent_boxes: int = 0
+    out_of_domain: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUT_OF_DOMAIN, 0))
+    first_out_of_domain: dict[str, str] = field(default_factory=dict)
 
     def line(self) -> str:
         return (f"{self.images} images, {self.boxes} boxes; {self.parent_candidates} parent boxes found, "
                 f"{self.parent_boxes} kept after NMS")
+
+    def count_out_of_domain(self, block: PredictionBlock) -> None:
+        score, x1, y1, x2, y2 = block.numbers.T
+        coords = block.numbers[:, 1:]
+        masks = {"score": (score < 0) | (score > 1), "coordinate": ((coords < 0) | (coords > 1)).any(axis=1),
+                 "reversed": (x1 > x2) | (y1 > y2)}
+        for kind, mask in masks.items():
+            found = np.flatnonzero(mask)
+            if len(found) and kind not in self.first_out_of_domain:
+                box = int(found[0])
+                values = " ".join(f"{v:g}" for v in block.numbers[box])
+                self.first_out_of_domain[kind] = str(block.box_error(box, lambda n: f"box {n} ({values})"))
+            self.out_of_domain[kind] += len(found)
+
+    def warning(self) -> str | None:
+        """One line for the file's out-of-domain boxes, or None."""
+        kinds = [k for k, n in self.out_of_domain.items() if n]
+        if not kinds:
+            return None
+        counts = ", ".join(f"{self.out_of_domain[k]} with {OUT_OF_DOMAIN[k]}" for k in kinds)
+        return (f"{counts}; kept as they are, as the original did (first: "
+                f"{'; '.join(self.first_out_of_domain[k] for k in kinds)})")
 
 
 def expand_block(block: PredictionBlock, table: ParentTable, iou_thr: float, plus_one: bool,
@@ -296,6 +325,7 @@ def expand_block(block: PredictionBlock, table: ParentTable, iou_thr: float, plu
     pieces = pa.concat_arrays([block.values, arrow_strings(table.parent_mids + ("\n",))])
 
     if summary is not None:
+        summary.count_out_of_domain(block)
         summary.images += rows
         summary.boxes += n_boxes
         summary.parent_candidates += len(pair_box)
@@ -315,4 +345,6 @@ def expand_csv(input_csv: str, output_csv: str, table: ParentTable, iou_thr: flo
                   lambda block: expand_block(block, table, iou_thr, plus_one, return_only_new, summary),
                   block_size=block_size, progress=progress, desc="expanding")
     log.info("%s -> %s: %s", input_csv, output_csv, summary.line())
+    if summary.warning():
+        log.warning("%s: %s", input_csv, summary.warning())
     return summary
