@@ -3,20 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds; -inf where the OS cannot tell), or None if it is not running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # running, as another user
+    try:
+        return os.stat(f"/proc/{pid}").st_ctime
+    except OSError:
+        return float("-inf")  # running, start unknown: assume it may be writing
+
+
+def remove_stale_temporaries(final: Path, suffix: str = "") -> None:
+    """Remove the temporaries of `final` (`.<name>.tmp<pid><suffix>`) that a killed run left: those whose
+    process is gone, or whose process id now belongs to a process started after the file was last written."""
+    prefix = f".{final.name}.tmp"
+    for tmp in final.parent.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
+        pid = tmp.name[len(prefix):len(tmp.name) - len(suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        started = _process_start(int(pid))
+        with contextlib.suppress(FileNotFoundError):
+            if started is None or started > tmp.stat().st_mtime:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted run (process %s)", tmp, pid)
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path`, on error it is removed.
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `path` (ending in `suffix`, for writers that look at it); on success it
+    replaces `path`, on error it is removed. Temporaries of `path` that a killed run left are removed first.
 
     An interrupted run never leaves a half-written file under the final name.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    remove_stale_temporaries(final, suffix)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}{suffix}")
     try:
         yield tmp
         os.replace(tmp, final)

@@ -14,6 +14,7 @@ import numpy as np
 from oid_retinanet.data.generator import OpenImagesGenerator
 from oid_retinanet.evaluate.callback import MeanAPCallback
 from oid_retinanet.evaluate.oid_map import EvalClasses, GroundTruth, ground_truth_from_frames
+from oid_retinanet.files import atomic_path
 from oid_retinanet.model.retinanet import retinanet_bbox
 from oid_retinanet.oid.predictions import ImagePredictions
 
@@ -67,13 +68,8 @@ class Snapshot(keras.callbacks.Callback):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / snapshot_name(self.backbone, self.level, epoch + 1)
-        tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{SNAPSHOT_SUFFIX}")
-        try:
+        with atomic_path(final, suffix=SNAPSHOT_SUFFIX) as tmp:
             self.model.save(tmp)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         log.info("epoch %d: snapshot %s", epoch + 1, final)
         if self.keep > 0:
             for _, old in snapshots(self.folder, self.backbone, self.level)[:-self.keep]:

@@ -1,0 +1,52 @@
+"""oid_retinanet.files: atomic outputs, and the temporaries a killed run leaves.
+
+Rule (hand-worked cases): a rerun removes `.<name>.tmp<pid><suffix>` of its own output when process <pid> is
+gone, or when that id now belongs to a process started after the file was last written (the id was reused);
+a temporary whose process is running and older than the file, and every other name, stay.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from oid_retinanet.files import atomic_path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="process start times come from /proc")
+@pytest.mark.parametrize("suffix", ["", ".keras"])
+def test_stale_temporaries_of_the_output_are_removed(tmp_path, suffix):
+    out = tmp_path / "out.csv"
+    dead = tmp_path / f".out.csv.tmp{_dead_pid()}{suffix}"
+    running = tmp_path / f".out.csv.tmp{os.getppid()}{suffix}"  # our parent: started before the file
+    keep = [running, tmp_path / f".other.csv.tmp{_dead_pid()}{suffix}", tmp_path / f".out.csv.tmpabc{suffix}",
+            tmp_path / "out.csv.tmp1"]
+    for path in [dead, *keep]:
+        path.write_text("half")
+    with atomic_path(out, suffix=suffix) as tmp:
+        assert tmp.name == f".out.csv.tmp{os.getpid()}{suffix}"
+        tmp.write_text("done")
+    assert out.read_text() == "done"
+    assert not dead.exists() and all(p.exists() for p in keep)
+
+    os.utime(running, (1_000_000, 1_000_000))  # written long before our parent started: its id was reused
+    with atomic_path(out, suffix=suffix) as tmp:
+        tmp.write_text("again")
+    assert not running.exists() and out.read_text() == "again"
+
+
+def test_failed_write_leaves_neither_file(tmp_path):
+    out = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError), atomic_path(out) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
