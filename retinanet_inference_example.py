@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "MobileNets)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not predict the mirrored image")
     p.add_argument("--from-cache", action="store_true", help="no model: only write the CSV from --cache-dir")
+    p.add_argument("--overwrite-cache", action="store_true",
+                   help="empty --cache-dir first; without it a folder written with other settings (weights, sides, "
+                        "flip, filter, class list) stops the run")
     p.add_argument("--shard", type=_shard, metavar="I/N", help="predict shard I of N of the sorted images, no CSV")
     p.add_argument("--skip-box-thr", type=fraction, default=MIRROR_DEFAULTS["skip_box_thr"],
                    help="drop boxes scoring below this before merging (default: %(default)s)")
@@ -127,8 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     labels = _labels(args, num_classes, cache_dir)
 
     if not args.from_cache:
-        from oid_retinanet.predict.cache import record_classes
-        from oid_retinanet.predict.inference import default_sides, list_images, predict_images, shard, visualize
+        from oid_retinanet.predict.cache import file_sha256, record_classes, record_settings
+        from oid_retinanet.predict.inference import (
+            default_sides,
+            filter_settings,
+            list_images,
+            predict_images,
+            shard,
+            visualize,
+        )
 
         paths = list_images(args.images)
         if args.shard:
@@ -138,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         min_side, max_side = args.min_side or min_side, args.max_side or max_side
         if model is None:
             model = h5.load_model(args.weights, inference=True)
+        record_settings(cache_dir, {"weights_sha256": file_sha256(args.weights),
+                                    "weights_name": os.path.basename(args.weights), "min_side": min_side,
+                                    "max_side": max_side, "flip": args.flip, "filter": filter_settings(model)},
+                        overwrite=args.overwrite_cache)
         record_classes(cache_dir, labels)
         report = predict_images(model, paths, cache_dir, min_side, max_side, flip=args.flip,
                                 batch_size=args.batch_size, workers=args.workers)

@@ -13,6 +13,7 @@ test_model.py), run on its 5 images at min side 128, max side 160 to stay fast. 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -246,6 +247,37 @@ def test_cache_folder_records_its_class_list(env, clean_run, tmp_path, capsys):
     assert rc == 2 and "Traceback" not in err
     assert "classes.csv" in err and "label 0 is /m/0cls0 (Class 0), not /m/0other0 (Other 0)" in err
     assert sorted(os.listdir(clean_run["cache"])) == before and not (tmp_path / "o.csv").exists()
+
+
+def test_cache_folder_refuses_other_settings(env, clean_run, tmp_path, capsys):
+    """settings.json: a rerun with other sides, --no-flip or other weights stops before predicting, naming each
+    difference, and the folder is untouched; --overwrite-cache empties it and predicts again."""
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_run["cache"], cache)
+    settings = json.loads((cache / "settings.json").read_text())
+    assert (settings["min_side"], settings["max_side"], settings["flip"], settings["format"]) == (128, 160, True, 1)
+    assert settings["weights_name"] == "inference.h5" and len(settings["weights_sha256"]) == 64
+    assert settings["filter"]["score_threshold"] == 0.05 and settings["filter"]["max_detections"] == 300
+    before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    other_weights = tmp_path / "other.h5"
+    other_weights.write_bytes(env["inference"].read_bytes() + b"\0")  # another file; h5 ignores trailing bytes
+    base = ["--images", str(env["images"]), "--labels", str(env["labels"]), "--cache-dir", str(cache),
+            "--output", str(tmp_path / "o.csv")]
+    for extra, diffs in ((["--min-side", "96", "--max-side", "128"], ["min_side 128 -> 96", "max_side 160 -> 128"]),
+                         ([*SIDES, "--no-flip"], ["flip True -> False"]),
+                         ([*SIDES, "--weights", str(other_weights)], ["weights_sha256 "])):
+        weights = [] if "--weights" in extra else ["--weights", str(env["inference"])]
+        assert script.main(weights + base + extra) == 2
+        out = capsys.readouterr().err
+        err = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and "Traceback" not in out and "predict" not in out.split("error:")[0], out
+        assert str(cache / "settings.json") in err[0] and "--overwrite-cache" in err[0], err
+        assert all(d in err[0] for d in diffs) and err[0].count(" -> ") == len(diffs), err
+        assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before and not (tmp_path / "o.csv").exists()
+    assert script.main(["--weights", str(env["inference"]), *base, *SIDES, "--no-flip", "--overwrite-cache"]) == 0
+    assert json.loads((cache / "settings.json").read_text())["flip"] is False
+    assert {read_cache(cache_file(cache, i)).rows for i in cache_ids(cache)} == {1}
+    assert sorted(cache_ids(cache)) == sorted(cache_ids(clean_run["cache"]))
 
 
 def test_resume_after_kill(env, clean_run, tmp_path):

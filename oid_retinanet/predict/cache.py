@@ -20,14 +20,23 @@ The folder also holds `classes.csv` (MID,DisplayName per line, in label order): 
 that wrote it, so that the stages reading the folder name its label indices right without being told, and a
 second model with another class list cannot write into the same folder.
 
+`settings.json` records everything else the cache files depend on: the cache format (CACHE_FORMAT), the
+weights file (its SHA-256; the name only for people), the sides, flip and the model's detection filter. A
+run with other settings stops before predicting, naming each difference; `--overwrite-cache` empties the
+folder and starts it afresh. A folder written before settings were recorded is taken as it is.
+
 The recorded fixtures pack many images into one file (`ids` (n,), `boxes` (n, R, N, 4), `scores` (n, R, N),
 `labels` (n, R, N)); `read_packed` and `unpack_to_dir` read that layout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import re
+import shutil
 import struct
 import zipfile
 import zlib
@@ -38,12 +47,15 @@ from pathlib import Path
 import numpy as np
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_path, atomic_write_text
 from oid_retinanet.oid.classes import ClassList, read_class_descriptions, write_class_descriptions
 
 CACHE_SUFFIX = ".npz"
 MEMBERS = ("boxes", "scores", "labels")
 CLASSES_FILE = "classes.csv"  # the class list of the model that wrote the folder
+SETTINGS_FILE = "settings.json"  # what else the predictions depend on
+CACHE_FORMAT = 1  # raise when what a cache file holds, or how it is computed, changes
+log = logging.getLogger(__name__)
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, 'shape': \(([\d, ]*)\), *\}")
 
 
@@ -227,6 +239,47 @@ def record_classes(cache_dir: str | os.PathLike, labels: ClassList) -> None:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_class_descriptions(str(path), zip(labels.mids, labels.names))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file (about a second for a 440 MB snapshot)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def record_settings(cache_dir: str | os.PathLike, settings: dict, overwrite: bool = False) -> None:
+    """Record what the folder's predictions depend on (`settings`, JSON values; CACHE_FORMAT is added), or
+    check them against the recorded ones: OIDInputError naming every difference. Keys ending in `_name` are for
+    people and not compared. overwrite: empty the folder of predictions first (cache files, classes.csv,
+    failures.txt, the drawn images) and record these settings."""
+    folder = Path(cache_dir)
+    path = folder / SETTINGS_FILE
+    settings = {"format": CACHE_FORMAT, **settings}
+    if overwrite and folder.is_dir():
+        for image_id in cache_ids(folder):
+            cache_file(folder, image_id).unlink()
+        for name in (CLASSES_FILE, "failures.txt", SETTINGS_FILE):
+            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder / "visualize", ignore_errors=True)
+        log.info("%s: emptied (--overwrite-cache)", folder)
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise OIDInputError(f"not a readable settings record ({exc}); --overwrite-cache starts the folder "
+                                "afresh", str(path)) from None
+        diffs = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
+                 if not key.endswith("_name") and recorded.get(key) != value]
+        if diffs:
+            raise OIDInputError(f"this cache folder holds predictions made with other settings ({'; '.join(diffs)}): "
+                                "run with the recorded settings, use another --cache-dir, or --overwrite-cache to "
+                                "start it afresh", str(path))
+        return
+    if folder.is_dir() and cache_ids(folder):
+        log.warning("%s holds predictions of an earlier version, which recorded no settings: this run's are "
+                    "recorded now and the folder's are assumed to be the same", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def caches_classes(cache_dirs: Iterable[str | os.PathLike]) -> ClassList | None:

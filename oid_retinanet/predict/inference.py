@@ -174,6 +174,19 @@ def model_backbone(model) -> str:
     return f"resnet{depth}"
 
 
+def filter_settings(model) -> dict:
+    """The detection filter of an inference model (FilterDetections' settings: thresholds, limit, NMS), which
+    decides what its cache files hold."""
+    from oid_retinanet.model.filter_detections import FilterDetections
+
+    layer = next((layer for layer in model.layers if isinstance(layer, FilterDetections)), None)
+    if layer is None:
+        return {}
+    config = layer.get_config()
+    return {k: config[k] for k in ("nms", "class_specific_filter", "nms_threshold", "score_threshold",
+                                   "max_detections") if k in config}
+
+
 def default_sides(backbone: str) -> tuple[int, int]:
     """(min_side, max_side) the original used for a backbone; keras-retinanet's 800/1333 for the others."""
     return DEFAULT_SIDES.get(backbone, (800, 1333))
