@@ -12,12 +12,15 @@ answer:
      "parents": [the same, "label": null],
      "timing_ms": {"decode", "queue", "model", "boxes", "total"}, "batch_images": images in that model call}
 
-with the boxes sorted by score, highest first. Refusals are JSON `{"detail": message}`: 400 an empty request
-or a form without a file, 413 an upload over the byte limit (refused from its Content-Length, or counted
-while it streams, never read whole), 415 not an image, 422 an image over the pixel limit, truncated or
-damaged, 503 too many requests in progress (with Retry-After). `GET /api/health` describes the model and the
-load. Uploads are held in memory (multipart parts over 1 MB spool to an anonymous temporary file); the
-client's file name is never used.
+with the boxes sorted by score, highest first. One image gets the same answer within the model's tolerance
+(scores within 1e-5) whether its model call held it alone or with other requests' images, not bit for bit:
+CPU kernels block a batch of 2 differently from a batch of 1, which can move the CSV's last digit.
+
+Refusals are JSON `{"detail": message}`: 400 an empty request or a form without a file, 413 an upload over the
+byte limit (refused from its Content-Length, or counted while it streams, never read whole), 415 not an image, 422
+an image over the pixel limit, truncated or damaged, 503 too many requests in progress (with Retry-After). `GET
+/api/health` describes the model and the load. Uploads are held in memory (multipart parts over 1 MB spool to an
+anonymous temporary file); the client's file name is never used.
 """
 
 from __future__ import annotations
