@@ -33,6 +33,7 @@ from conftest import REPO, fixture_path
 keras = pytest.importorskip("keras")
 
 from oid_retinanet.data.preprocess import (  # noqa: E402
+    CAFFE_MEAN_BGR,
     compute_resize_scale,
     preprocess_image,
     read_image_bgr,
@@ -254,6 +255,23 @@ def test_feature_shapes_and_anchor_order():
 
 
 # ------------------------------------------------------------------------------------- preprocessing
+def test_preprocess_needs_no_float64_copy_of_the_image():
+    """A large upload's mean subtraction: the values of a whole-image float64 difference rounded to float32 (the
+    rule the recorded input hash below checks), with at most the float32 image plus 10% allocated meanwhile."""
+    import tracemalloc
+
+    x = np.random.default_rng(1).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    expected = (x.astype(np.float32) - np.asarray(CAFFE_MEAN_BGR, dtype=np.float64)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        got = preprocess_image(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.float32 and peak <= 1.1 * expected.nbytes, (peak, expected.nbytes)
+
+
 @pytest.mark.parametrize("stem", list(IMAGES) + ["img_small_128x160"])
 def test_read_image_bgr_decodes_as_reference(stem):
     img = read_image_bgr(_image(stem))

@@ -414,6 +414,83 @@ def test_many_requests_at_once_are_refused_or_queued_and_batched(photo, service)
         assert_same_answer(body, answers[0][1])
 
 
+def _trickle(port: int, stop: threading.Event, declared: int = 100_000) -> tuple[int | None, bool]:
+    """A client that sends its headers, then one byte every 0.1 s until answered or stopped: (status, whether
+    the server closed the connection after answering)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST /api/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                     f"Content-Length: {declared}\r\n\r\n".encode())
+        sock.settimeout(0.1)
+        answer = b""
+        for _ in range(declared):
+            if stop.is_set():
+                return None, False
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                break
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            answer += chunk
+            if not chunk or b"\r\n\r\n" in answer:
+                break
+        sock.settimeout(10)
+        while True:  # the rest of the answer, then the server's close (b"")
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            answer += chunk
+        status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
+        return status, True
+
+
+def test_slow_uploads_hold_no_slot_and_are_cut_off(photo, service):
+    """Clients trickling their bodies (a byte every 0.1 s) while normal ones upload: the normal ones are
+    answered (before, the trickling ones held every slot and the others got 503); each slow one gets 408 once
+    its average rate is under the minimum after the grace time, and its connection is closed."""
+    _, data = photo
+    app = create_app(service, Limits(max_pending=2, body_grace_seconds=3, min_body_rate=1000, body_idle_seconds=5))
+    stop = threading.Event()
+    with ServerThread(app) as srv, concurrent.futures.ThreadPoolExecutor(6) as pool:
+        slow = [pool.submit(_trickle, srv.port, stop) for _ in range(4)]
+        time.sleep(0.5)
+        try:
+            assert app.state.receiving.in_progress == 4 and app.state.admission.in_progress == 0
+            answers = [detect(srv.port, data) for _ in range(2)]
+            assert [status for status, _ in answers] == [200, 200], answers
+        finally:
+            results = [f.result(timeout=30) for f in slow]
+            stop.set()
+    assert results == [(408, True)] * 4, results
+    assert app.state.receiving.in_progress == 0
+
+
+@pytest.mark.parametrize("content_type, partial", [
+    ("image/jpeg", b"x" * 10),
+    ("multipart/form-data; boundary=xx",
+     b'--xx\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\nabc')])
+def test_a_client_leaving_mid_upload_is_one_log_line(service, caplog, content_type, partial):
+    """Before: an ERROR with a ClientDisconnect traceback from the app, and another from uvicorn."""
+    with ServerThread(create_app(service, Limits())) as srv, caplog.at_level("INFO", logger="oid_retinanet"):
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall(f"POST /api/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+                         f"Content-Length: 1000\r\n\r\n".encode() + partial)
+            time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not [r for r in caplog.records if "disconnected" in r.getMessage()]:
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.05)
+        status, _ = detect(srv.port, b"not an image")
+    records = [r for r in caplog.records if r.name.startswith("oid_retinanet.serve")]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("INFO", "client disconnected during its upload: POST /api/detect")] and status == 415
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The command line (`make serve`)
 
@@ -474,6 +551,14 @@ def test_python_m_serve_serves_the_demo_model(server, photo, tmp_path):
                 time.sleep(0.2)
         health = json.loads(text)
         assert status == 200 and health["model"]["name"] == "tiny.keras" and health["model"]["classes"] == 3
+        assert health["model"]["labels"] == "labels.csv"  # names, never the server's paths
+        # DNS rebinding: a Host that is not the bound address or a loopback name is refused
+        for host, expected in ((f"localhost:{port}", 200), (f"127.0.0.1:{port}", 200), ("evil.example", 400),
+                               (f"evil.example:{port}", 400), ("", 400)):
+            status, headers, text = request(port, "GET", "/api/health", headers={"Host": host})
+            assert status == expected, (host, status, text)
+            if expected == 400:
+                assert headers["content-type"] == "application/json" and "--allowed-host" in json.loads(text)["detail"]
         assert (health["model"]["min_side"], health["model"]["max_side"]) == SIDES
         status, answer = detect(port, data)
         assert status == 200

@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="images of one shape sharing a model call (default: %(default)s)")
     p.add_argument("--decode-workers", type=positive_int, default=DEFAULT_DECODE_WORKERS,
                    help="uploads decoded at once (default: %(default)s)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name the server answers to besides its address and the loopback names (repeat for "
+                        "more); others get 400, against DNS rebinding. Bound to all interfaces with none given: any")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="do not run the model before serving")
     p.add_argument("--demo-summary", default=str(DEMO_SUMMARY), help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from oid_retinanet.model import h5
     from oid_retinanet.predict.inference import default_sides, model_backbone, model_num_classes
-    from oid_retinanet.serve.app import Limits, create_app
+    from oid_retinanet.serve.app import Limits, allowed_hosts, create_app
     from oid_retinanet.serve.service import (
         DetectionService,
         MergeSettings,
@@ -185,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     service.start(warmup=args.warmup)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
                     max_pending=args.max_pending, decode_workers=args.decode_workers)
-    app = create_app(service, limits)
     host, port = sock.getsockname()[:2]
+    app = create_app(service, limits, allowed_hosts(host, args.allowed_host))
     shown = f"[{host}]" if ":" in host else host
     print(f"serving the web demo on http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="debug" if args.verbose else "warning", server_header=False,

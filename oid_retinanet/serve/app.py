@@ -29,14 +29,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from oid_retinanet.serve.service import DEFAULT_MAX_PIXELS, DetectionService, RequestError, prepare_upload
 
@@ -56,14 +58,21 @@ class Limits:
     """What one request and the server as a whole may take.
 
     max_upload_bytes: request body size. max_pixels: image size, from its header. max_pending: requests in
-    progress at once (reading, decoding, waiting for or in the model); more get 503. decode_workers: uploads
-    decoded at once (a 40-megapixel image takes about 0.7 GB while it is decoded and preprocessed).
+    progress at once once their upload has arrived (decoding, waiting for or in the model); more get 503.
+    max_receiving: uploads arriving at once (more get 503). A body that stalls for body_idle_seconds, or that
+    arrives slower than min_body_rate bytes/s on average once body_grace_seconds have passed, gets 408 and its
+    connection closed: a client trickling bytes holds no slot for long. decode_workers: uploads decoded at once
+    (a 36-megapixel PNG raised the peak memory by 0.53 GB while it was decoded and preprocessed).
     """
 
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_pending: int = DEFAULT_MAX_PENDING
     decode_workers: int = DEFAULT_DECODE_WORKERS
+    max_receiving: int = 4 * DEFAULT_MAX_PENDING
+    body_idle_seconds: float = 10.0
+    body_grace_seconds: float = 10.0
+    min_body_rate: float = 16 * 1024
 
 
 class UploadTooLarge(HTTPException):
@@ -73,23 +82,32 @@ class UploadTooLarge(HTTPException):
         super().__init__(413, _too_large_message(limit))
 
 
+class UploadTooSlow(HTTPException):
+    """The request body stalled or trickled; the answer closes the connection (the rest is never read)."""
+
+    def __init__(self, why: str):
+        super().__init__(408, f"upload too slow: {why}", headers={"Connection": "close"})
+
+
 def _too_large_message(limit: int) -> str:
     return f"upload larger than this server's limit of {limit / 2**20:g} MB"
 
 
 class UploadLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes without reading them whole.
+    """ASGI middleware: refuse request bodies over the byte limit without reading them whole, and bodies that
+    stall or trickle (Limits: body_idle_seconds, body_grace_seconds, min_body_rate).
 
     A declared Content-Length over the limit is answered 413 at once (a client that sent `Expect:
     100-continue` then never sends the body); a body without one is counted as it streams and the read that
     passes the limit raises UploadTooLarge (413). Either way uvicorn reads and discards the rest of the body
     after the answer, without keeping it, so the client that sends it whole still reads the 413 and the
-    connection stays usable.
+    connection stays usable. A slow body raises UploadTooSlow (408, connection closed).
     """
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limits: Limits):
         self.app = app
-        self.limit = limit
+        self.limit = limits.max_upload_bytes
+        self.limits = limits
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -101,25 +119,65 @@ class UploadLimit:
                 (400, "bad Content-Length header")
             await JSONResponse({"detail": detail}, status)(scope, receive, send)
             return
-        received = 0
+        received, started, limits = 0, time.monotonic(), self.limits
 
         async def counted_receive():
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), limits.body_idle_seconds)
+            except TimeoutError:
+                raise UploadTooSlow(f"no data for {limits.body_idle_seconds:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise UploadTooLarge(self.limit)
+                elapsed = time.monotonic() - started
+                if (message.get("more_body") and elapsed > limits.body_grace_seconds
+                        and received < limits.min_body_rate * elapsed):
+                    raise UploadTooSlow(f"{received} bytes in {elapsed:.0f} s, under this server's minimum of "
+                                        f"{limits.min_body_rate / 1024:g} KB/s")
             return message
 
         await self.app(scope, counted_receive, send)
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def allowed_hosts(bound: str, names: Iterable[str] = ()) -> frozenset[str] | None:
+    """The Host header names a server bound to `bound` answers to: the address itself, the loopback names and
+    `names`; None (any) for a server bound to all interfaces without names given."""
+    if bound in ("0.0.0.0", "::", "") and not names:
+        return None
+    return frozenset({bound.lower(), *LOOPBACK_NAMES, *(n.lower() for n in names)})
+
+
+class HostCheck:
+    """ASGI middleware: refuse (400, JSON) a request whose Host header names another server. A page on another
+    site that resolves its own name to 127.0.0.1 (DNS rebinding) would otherwise reach the local demo."""
+
+    def __init__(self, app, allowed: frozenset[str]):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").strip().lower()
+            name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 \
+                else host
+            if name not in self.allowed:
+                await JSONResponse({"detail": f"Host {host!r} is not a name this server answers to (serve "
+                                              "--allowed-host NAME adds one)"}, 400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class Admission:
     """Counts the requests in progress and refuses those past `capacity` (event-loop side, no lock needed)."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, what: str = "requests in progress"):
         self.capacity = capacity
+        self.what = what
         self.in_progress = 0
         self.refused = 0
 
@@ -127,8 +185,8 @@ class Admission:
     def slot(self):
         if self.in_progress >= self.capacity:
             self.refused += 1
-            raise RequestError(503, f"busy: {self.in_progress} requests in progress, the most this server takes "
-                                    "at once; retry in a moment", headers={"Retry-After": "1"})
+            raise RequestError(503, f"busy: {self.in_progress} {self.what}, the most this server takes at once; "
+                                    "retry in a moment", headers={"Retry-After": "1"})
         self.in_progress += 1
         try:
             yield
@@ -159,8 +217,10 @@ async def read_upload(request: Request) -> bytes:
     return data
 
 
-def create_app(service: DetectionService, limits: Limits = Limits()) -> FastAPI:
-    """The application serving `service` (started by the app's lifespan if it is not yet)."""
+def create_app(service: DetectionService, limits: Limits = Limits(), hosts: frozenset[str] | None = None
+               ) -> FastAPI:
+    """The application serving `service` (started by the app's lifespan if it is not yet); `hosts`: the Host
+    header names it answers to (`allowed_hosts`; None: any)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -170,14 +230,23 @@ def create_app(service: DetectionService, limits: Limits = Limits()) -> FastAPI:
     # no Swagger page: it loads its scripts from a CDN, which the page's machine may not reach
     app = FastAPI(title="oid-retinanet web demo", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")
-    app.add_middleware(UploadLimit, limit=limits.max_upload_bytes)
-    admission = Admission(limits.max_pending)
+    app.add_middleware(UploadLimit, limits=limits)
+    if hosts is not None:
+        app.add_middleware(HostCheck, allowed=hosts)
+    admission, receiving = Admission(limits.max_pending), Admission(limits.max_receiving, "uploads arriving")
     decoders = anyio.CapacityLimiter(limits.decode_workers)
-    app.state.service, app.state.limits, app.state.admission = service, limits, admission
+    app.state.service, app.state.limits, app.state.admission, app.state.receiving = (service, limits, admission,
+                                                                                     receiving)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def left(request: Request, exc: ClientDisconnect) -> Response:
+        # nobody to answer: one line, not a traceback (a closed tab, a dropped connection)
+        log.info("client disconnected during its upload: %s %s", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
@@ -196,18 +265,20 @@ def create_app(service: DetectionService, limits: Limits = Limits()) -> FastAPI:
         body = {"status": "ok" if ok else "unavailable", "model": service.describe(),
                 "limits": {"max_upload_mb": limits.max_upload_bytes / 2**20, "max_megapixels": limits.max_pixels / 1e6,
                            "max_pending": limits.max_pending, "max_batch": service.worker.max_batch},
-                "load": {"in_progress": admission.in_progress, "waiting_for_model": service.worker.waiting,
-                         "refused": admission.refused, "model_calls": service.worker.calls}}
+                "load": {"in_progress": admission.in_progress, "receiving": receiving.in_progress,
+                         "waiting_for_model": service.worker.waiting, "refused": admission.refused + receiving.refused,
+                         "model_calls": service.worker.calls}}
         return JSONResponse(body, 200 if ok else 503)
 
     @app.post("/api/detect")
     async def detect(request: Request, flip: bool = True, parents: bool = True,
                      min_score: float = Query(0.0, ge=0.0, le=1.0)) -> JSONResponse:
         start = time.perf_counter()
-        with admission.slot():
-            if not service.ready:
-                raise RequestError(503, "the model is not ready", headers={"Retry-After": "1"})
+        if not service.ready:
+            raise RequestError(503, "the model is not ready", headers={"Retry-After": "1"})
+        with receiving.slot():  # a slot for the model's work only once the upload has arrived
             data = await read_upload(request)
+        with admission.slot():
             image = await anyio.to_thread.run_sync(prepare_upload, data, service.min_side, service.max_side,
                                                    limits.max_pixels, limiter=decoders)
             del data

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -440,9 +441,10 @@ class DetectionService:
         return result
 
     def describe(self) -> dict:
-        """The model's description for the health endpoint."""
-        return {"name": self.info.name, "backbone": self.info.backbone, "classes": len(self.labels),
-                "labels": self.info.labels_source, "min_side": self.info.min_side, "max_side": self.info.max_side,
+        """The model's description for the health endpoint: file names, never the server's paths."""
+        return {"name": os.path.basename(self.info.name), "backbone": self.info.backbone,
+                "classes": len(self.labels), "labels": os.path.basename(self.info.labels_source),
+                "min_side": self.info.min_side, "max_side": self.info.max_side,
                 "parents": self.parents.rule if self.parents is not None else None,
                 "merge": {"skip_box_thr": self.merge.skip_box_thr, "iou_thr": self.merge.iou_thr,
                           "limit_boxes": self.merge.limit_boxes, "type": self.merge.type}}
