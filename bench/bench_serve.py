@@ -6,6 +6,9 @@ at sides --min-side/--max-side with flip TTA. --clients threads (8) send --reque
 between them, as the page sends them (multipart), each thread on its own keep-alive connection. Reports
 the latency percentiles, the errors (any answer but 200, any connection error), the throughput and the
 server process's memory: its resident size once started, sampled during the load, and its peak (VmHWM).
+Then the slow-client phase: --slow-clients connections send their headers and then one byte a second (each
+reconnecting when the server cuts it off) while the same normal load runs again; it reports the normal clients'
+latencies and errors beside the first phase's and what the slow ones got (408 after the server's grace time).
 Baseline, measured first in this process: the same model and the same answer code on the same files one
 by one without HTTP (`prepare_upload`, the model call, `answer`); the ratio is the served throughput over it.
 """
@@ -118,12 +121,42 @@ def run_clients(port: int, bodies: list[bytes], requests: int, clients: int) -> 
     return latencies, errors, time.perf_counter() - start
 
 
+def trickle(port: int, stop: threading.Event, outcomes: list[str]) -> None:
+    """A slow client until `stop`: headers, then a byte a second; the answer's status (or how it ended) goes to
+    `outcomes`, and it starts again."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                sock.sendall(b"POST /api/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                             b"Content-Length: 1000000\r\n\r\n")
+                sock.settimeout(1.0)
+                while not stop.is_set():
+                    sock.sendall(b"x")
+                    try:
+                        answer = sock.recv(200)
+                    except TimeoutError:
+                        continue
+                    outcomes.append(answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/1.1 ")
+                                    else "closed")
+                    break
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+            time.sleep(0.5)
+
+
+def _percentiles(latencies: list[float]) -> dict:
+    ms = np.array(latencies) * 1000
+    pct = {f"p{q}": float(np.percentile(ms, q)) if len(ms) else None for q in (50, 95, 99)}
+    return {**pct, "mean": float(ms.mean()) if len(ms) else None, "max": float(ms.max()) if len(ms) else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--requests", type=int, default=200, help="requests in all (default: %(default)s)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
     p.add_argument("--min-side", type=int, default=256, help="resize: short side (default: %(default)s)")
     p.add_argument("--max-side", type=int, default=320, help="resize: long side at most (default: %(default)s)")
+    p.add_argument("--slow-clients", type=int, default=16, help="trickling clients of the second phase")
     p.add_argument("--baseline-repeats", type=int, default=3, help="passes over the images for the baseline")
     p.add_argument("--out-dir", default="bench_output")
     args = p.parse_args(argv)
@@ -180,6 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         latencies, errors, wall = run_clients(port, bodies, args.requests, args.clients)
         stop.set()
         sampler.join()
+        slow_stop, outcomes = threading.Event(), []
+        slow = [threading.Thread(target=trickle, args=(port, slow_stop, outcomes), daemon=True)
+                for _ in range(args.slow_clients)]
+        for t in slow:
+            t.start()
+        time.sleep(2)  # every slow client connected and trickling
+        slow_latencies, slow_errors, slow_wall = run_clients(port, bodies, args.requests, args.clients)
+        slow_stop.set()
+        for t in slow:
+            t.join(5)
         peak = rss_mb(server.pid, "VmHWM")
         rss_end = rss_mb(server.pid)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -190,12 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(60)
         log.close()
 
-    ms = np.array(latencies) * 1000
-    pct = {f"p{q}": float(np.percentile(ms, q)) if len(ms) else None for q in (50, 95, 99)}
+    pct = _percentiles(latencies)
     served = len(latencies) / wall
+    slow_pct = _percentiles(slow_latencies)
     result = {"requests": args.requests, "clients": args.clients, "ok": len(latencies), "errors": len(errors),
-              "error_examples": errors[:5], "latency_ms": {**pct, "mean": float(ms.mean()) if len(ms) else None,
-                                                            "max": float(ms.max()) if len(ms) else None},
+              "error_examples": errors[:5], "latency_ms": pct,
+              "slow_client_phase": {"slow_clients": args.slow_clients, "ok": len(slow_latencies),
+                                    "errors": len(slow_errors), "error_examples": slow_errors[:5],
+                                    "latency_ms": slow_pct, "requests_per_s": len(slow_latencies) / slow_wall,
+                                    "slow_client_answers": {k: outcomes.count(k) for k in sorted(set(outcomes))},
+                                    "p50_ratio_over_first_phase": slow_pct["p50"] / pct["p50"]},
               "wall_s": wall, "requests_per_s": served, "image_size": [768, 1024], "sides": list(sides),
               "classes": CLASSES, "flip": True, "model_calls": health["load"]["model_calls"],
               "server_rss_mb": {"after_start": rss_started, "max_sampled": max(samples, default=rss_started),
@@ -208,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{served:.2f} requests/s ({result['ratio_served_over_in_process']:.2f}x the in-process "
           f"{base['images_per_s']:.2f} images/s, {result['model_calls']} model calls); server memory "
           f"{rss_started:.0f} MB after start, peak {peak:.0f} MB, {rss_end:.0f} MB at the end")
-    return 0 if not errors else 1
+    phase = result["slow_client_phase"]
+    print(f"with {args.slow_clients} slow clients trickling: p50 {slow_pct['p50']:.0f} ms, p95 {slow_pct['p95']:.0f} "
+          f"ms, {len(slow_errors)} errors ({phase['p50_ratio_over_first_phase']:.2f}x the p50 without them); the slow "
+          f"clients got {phase['slow_client_answers']}")
+    return 0 if not errors and not slow_errors else 1
 
 
 if __name__ == "__main__":

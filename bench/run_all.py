@@ -145,12 +145,20 @@ def _inference(r: dict) -> list[str]:
 def _serve(r: dict) -> list[str]:
     lat, mem, base = r["latency_ms"], r["server_rss_mb"], r["baseline_in_process"]
     h, w = r["image_size"]
-    return [f"| Web demo load test ({r['requests']} requests from {r['clients']} clients on loopback, ResNet50 "
+    rows = [f"| Web demo load test ({r['requests']} requests from {r['clients']} clients on loopback, ResNet50 "
             f"{r['classes']} classes, {w}x{h} JPEGs at {r['sides'][0]}/{r['sides'][1]}, flip TTA) "
             f"| p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, {r['errors']} errors, "
             f"{r['requests_per_s']:.2f} requests/s; server peak {mem['peak_vmhwm']:.0f} MB "
             f"({mem['after_start']:.0f} MB after start) | same model and answer code in process, no HTTP: "
             f"{base['images_per_s']:.2f} images/s | **{r['ratio_served_over_in_process']:.2f}x** its throughput |"]
+    slow = r.get("slow_client_phase")
+    if slow:
+        lat_slow = slow["latency_ms"]
+        rows.append(f"| Web demo, the same load with {slow['slow_clients']} slow clients trickling a byte a second "
+                    f"| p50 {lat_slow['p50']:.0f} ms, p95 {lat_slow['p95']:.0f} ms, {slow['errors']} errors; the slow "
+                    f"clients got {slow['slow_client_answers']} | the first phase: p50 {lat['p50']:.0f} ms | "
+                    f"**{slow['p50_ratio_over_first_phase']:.2f}x** its p50 latency |")
+    return rows
 
 
 def _targets(r: dict) -> list[str]:
