@@ -41,7 +41,7 @@ def setup_logging(verbose: bool = False) -> None:
 # (gradients, optimizer temporaries, activations: ~0.65 GB a ResNet50 training step), so every step re-faults and
 # zeroes the same memory in the kernel: ~30% of the demo's training CPU time went there. Keeping freed memory in
 # the process (trim threshold 1 GB, fixed mmap threshold 32 MB, the largest glibc allows, few arenas) cuts the page
-# faults ~10x (docs/BENCHMARKS: kernel share). Set before any thread starts; OID_MALLOC=system keeps glibc's defaults.
+# faults ~5-10x (BENCHMARKS.md: kernel share). Set before any thread starts; OID_MALLOC=system keeps glibc's defaults.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 MALLOC_SETTINGS = {_M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20, _M_MMAP_THRESHOLD: 32 << 20}
 
@@ -128,7 +128,6 @@ def quiet_native_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):

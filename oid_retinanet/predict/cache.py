@@ -54,6 +54,7 @@ CACHE_SUFFIX = ".npz"
 MEMBERS = ("boxes", "scores", "labels")
 CLASSES_FILE = "classes.csv"  # the class list of the model that wrote the folder
 SETTINGS_FILE = "settings.json"  # what else the predictions depend on
+FAILURES_FILE = "failures.txt"  # the images stage 4 could not read
 CACHE_FORMAT = 1  # raise when what a cache file holds, or how it is computed, changes
 log = logging.getLogger(__name__)
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': False, 'shape': \(([\d, ]*)\), *\}")
@@ -258,7 +259,7 @@ def record_settings(cache_dir: str | os.PathLike, settings: dict, overwrite: boo
     if overwrite and folder.is_dir():
         for image_id in cache_ids(folder):
             cache_file(folder, image_id).unlink()
-        for name in (CLASSES_FILE, "failures.txt", SETTINGS_FILE):
+        for name in (CLASSES_FILE, FAILURES_FILE, SETTINGS_FILE):
             (folder / name).unlink(missing_ok=True)
         shutil.rmtree(folder / "visualize", ignore_errors=True)
         log.info("%s: emptied (--overwrite-cache)", folder)

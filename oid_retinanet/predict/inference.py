@@ -35,12 +35,11 @@ from tqdm import tqdm
 from oid_retinanet.data.preprocess import prepare_image, read_image_bgr
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path, atomic_write_text
-from oid_retinanet.predict.cache import cache_file, read_cache, write_cache
+from oid_retinanet.predict.cache import FAILURES_FILE, cache_file, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-FAILURES_FILE = "failures.txt"
 # The original's sides per backbone (ResNet50 had no branch there; the README's release table gives 768-1024).
 DEFAULT_SIDES = {"resnet50": (768, 1024), "resnet101": (768, 1024), "resnet152": (600, 800)}
 VISUALIZE_SCORE_THR = 0.3  # the original's show_image_debug
