@@ -154,6 +154,15 @@ def test_missing_columns_and_ragged_rows(tmp_path):
         read_boxes(path)
 
 
+def test_error_lines_are_the_files_lines(tmp_path):
+    """Blank lines and a newline inside a quoted field count, as an editor numbers lines: the bad row is line 7."""
+    split = '0c,"free\nform",/m/01g317,1,0.1,0.5,0.2,0.6,0,0,0,0,0'
+    bad = "0d,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,x,0,0"
+    path = write(tmp_path, "boxes.csv", f"{HEADER}\n{GOOD_ROW}\n\n{split}\n\n{bad}\n{GOOD_ROW}\n")
+    with pytest.raises(OIDInputError, match="boxes.csv, row 7: IsGroupOf is not a number: 'x'"):
+        read_boxes(path)
+
+
 def test_official_unknown_flag_and_trailing_commas(tmp_path):
     """-1 (unknown) is a flag value of the official files; a trailing comma on every data row is one field more
     than the header, which pandas would take as an index and shift every value: refused at the first row."""

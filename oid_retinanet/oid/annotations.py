@@ -11,6 +11,8 @@ gave the original scripts (coordinates as float repr, `Confidence` as `1` or `1.
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pandas as pd
 
@@ -59,8 +61,24 @@ def _first_bad(mask: np.ndarray) -> int | None:
     return int(idx[0]) if idx.size else None
 
 
-def _row(i: int) -> int:
-    return i + 2  # 1-based line numbers, the header is line 1
+def _line(path: str, row: int) -> int:
+    """The line where data row `row` (0-based, as pandas counts rows: blank lines skipped) starts in the file, as
+    an editor numbers lines (the header is line 1; blank lines and newlines inside quoted fields count). Found
+    again only for an error message."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            seen, start = -1, reader.line_num
+            for record in reader:
+                if record:  # csv gives [] for a blank line, which pandas skips
+                    seen += 1
+                    if seen == row:
+                        return start + 1
+                start = reader.line_num
+    except (OSError, csv.Error):
+        pass
+    return row + 2
 
 
 def _check_numbers(df: pd.DataFrame, path: str, column: str, allowed: tuple[float, ...] | None = None,
@@ -75,7 +93,7 @@ def _check_numbers(df: pd.DataFrame, path: str, column: str, allowed: tuple[floa
     bad = _first_bad(np.isnan(num) & ~(empty & may_be_empty if may_be_empty is not None else False))
     if bad is not None:
         what = "is empty" if empty[bad] else f"is not a number: {col.iloc[bad]!r}"
-        raise OIDInputError(f"{column} {what}", path, _row(bad))
+        raise OIDInputError(f"{column} {what}", path, _line(path, bad))
     with np.errstate(invalid="ignore"):
         outside = ~np.isin(num, allowed) if allowed is not None else (num < low) | (num > high)
     bad = _first_bad(outside & ~np.isnan(num))
@@ -83,7 +101,7 @@ def _check_numbers(df: pd.DataFrame, path: str, column: str, allowed: tuple[floa
         domain = " or ".join(f"{v:g}" for v in allowed) if allowed is not None else f"in [{low:g}, {high:g}]"
         value = col.iloc[bad]
         shown = repr(value) if isinstance(value, str) else f"{num[bad]:g}"
-        raise OIDInputError(f"{column} = {shown} must be {domain}", path, _row(bad))
+        raise OIDInputError(f"{column} = {shown} must be {domain}", path, _line(path, bad))
     return num
 
 
@@ -100,7 +118,7 @@ def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
     negative = empty_label if allow_negatives else np.zeros(len(df), dtype=bool)
     bad = _first_bad((df["ImageID"].str.strip() == "").to_numpy())
     if bad is not None:
-        raise OIDInputError("empty ImageID", path, _row(bad))
+        raise OIDInputError("empty ImageID", path, _line(path, bad))
     for c in FLAG_COLUMNS:
         if c in df.columns:
             _check_numbers(df, path, c, FLAG_VALUES, may_be_empty=negative)
@@ -113,30 +131,30 @@ def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
             num = pd.to_numeric(col, errors="coerce")
             bad = _first_bad(num.isna().to_numpy() & col.notna().to_numpy())
             if bad is not None:
-                raise OIDInputError(f"{c} is not a number: {col.iloc[bad]!r}", path, _row(bad))
+                raise OIDInputError(f"{c} is not a number: {col.iloc[bad]!r}", path, _line(path, bad))
             col = num
         coords[c] = col.to_numpy(dtype=np.float64)
         bad = _first_bad(np.isnan(coords[c]) & ~negative)
         if bad is not None:
-            raise OIDInputError(f"{c} is empty", path, _row(bad))
+            raise OIDInputError(f"{c} is empty", path, _line(path, bad))
         with np.errstate(invalid="ignore"):
             bad = _first_bad((coords[c] < 0) | (coords[c] > 1))
         if bad is not None:
-            raise OIDInputError(f"{c} = {float(coords[c][bad])} is outside [0, 1]", path, _row(bad))
+            raise OIDInputError(f"{c} = {float(coords[c][bad])} is outside [0, 1]", path, _line(path, bad))
     for lo, hi in (("XMin", "XMax"), ("YMin", "YMax")):
         with np.errstate(invalid="ignore"):
             bad = _first_bad(coords[lo] > coords[hi])
         if bad is not None:
             raise OIDInputError(f"{lo} = {float(coords[lo][bad])} > {hi} = {float(coords[hi][bad])}", path,
-                                  _row(bad))
+                                  _line(path, bad))
     bad = _first_bad(empty_label & ~negative)
     if bad is not None:
-        raise OIDInputError("empty LabelName", path, _row(bad))
+        raise OIDInputError("empty LabelName", path, _line(path, bad))
     if classes is not None:
         known = labels.isin(set(classes.mids)).to_numpy() | negative
         bad = _first_bad(~known)
         if bad is not None:
-            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path, _row(bad))
+            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path, _line(path, bad))
 
 
 def read_boxes(path: str, classes: ClassList | None = None, allow_negatives: bool = False,
@@ -153,15 +171,15 @@ def read_image_labels(path: str, classes: ClassList | None = None) -> pd.DataFra
     conf = pd.to_numeric(df["Confidence"], errors="coerce").to_numpy()
     bad = _first_bad(~np.isin(conf, (0, 1)))
     if bad is not None:
-        raise OIDInputError(f"Confidence must be 0 or 1, got {df['Confidence'].iloc[bad]}", path, _row(bad))
+        raise OIDInputError(f"Confidence must be 0 or 1, got {df['Confidence'].iloc[bad]}", path, _line(path, bad))
     labels = df["LabelName"]
     bad = _first_bad((labels == "").to_numpy())
     if bad is not None:
-        raise OIDInputError("empty LabelName", path, _row(bad))
+        raise OIDInputError("empty LabelName", path, _line(path, bad))
     if classes is not None:
         bad = _first_bad(~labels.isin(set(classes.mids)).to_numpy())
         if bad is not None:
-            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path, _row(bad))
+            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path, _line(path, bad))
     return df
 
 
