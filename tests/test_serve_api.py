@@ -414,6 +414,39 @@ def test_many_requests_at_once_are_refused_or_queued_and_batched(photo, service)
         assert_same_answer(body, answers[0][1])
 
 
+@pytest.mark.parametrize("budget_images, expected_at_once", [(1.5, 1), (4, 3)])
+def test_decodes_share_a_memory_budget(photo, service, monkeypatch, budget_images, expected_at_once):
+    """Three uploads at once with decode workers to spare: a budget of 1.5 images' estimated decode memory lets
+    one decode at a time, one of 4 images all three."""
+    import oid_retinanet.serve.app as app_module
+    from oid_retinanet.serve.service import decode_cost
+
+    _, data = photo
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = app_module.prepare_upload
+
+    def counted(*args, **kwargs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.5)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(app_module, "prepare_upload", counted)
+    budget_mb = budget_images * decode_cost(data) / 2**20
+    app = create_app(service, Limits(decode_workers=4, decode_memory_mb=budget_mb))
+    with ServerThread(app) as srv, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: detect(srv.port, data), range(3)))
+    assert [status for status, _ in answers] == [200] * 3 and most == expected_at_once, (answers, most)
+    assert app.state.decode_memory.used == 0
+
+
 def _trickle(port: int, stop: threading.Event, declared: int = 100_000) -> tuple[int | None, bool]:
     """A client that sends its headers, then one byte every 0.1 s until answered or stopped: (status, whether
     the server closed the connection after answering)."""

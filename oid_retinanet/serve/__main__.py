@@ -45,7 +45,12 @@ def _default_port() -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from oid_retinanet.predict.ensemble import MIRROR_DEFAULTS
-    from oid_retinanet.serve.app import DEFAULT_DECODE_WORKERS, DEFAULT_MAX_PENDING, DEFAULT_MAX_UPLOAD_BYTES
+    from oid_retinanet.serve.app import (
+        DEFAULT_DECODE_MEMORY_MB,
+        DEFAULT_DECODE_WORKERS,
+        DEFAULT_MAX_PENDING,
+        DEFAULT_MAX_UPLOAD_BYTES,
+    )
     from oid_retinanet.serve.service import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
 
     p = argparse.ArgumentParser(prog="python -m oid_retinanet.serve", description=__doc__,
@@ -76,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a Host name the server answers to besides its address and the loopback names (repeat for "
                         "more); others get 400, against DNS rebinding. Bound to all interfaces with none given: any")
+    p.add_argument("--decode-memory-mb", type=float, default=DEFAULT_DECODE_MEMORY_MB,
+                   help="memory the uploads being decoded may take together, estimated from their sizes; more wait "
+                        "(default: %(default)g)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="do not run the model before serving")
     p.add_argument("--demo-summary", default=str(DEMO_SUMMARY), help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -84,8 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.port = _default_port()
     if not 0 <= args.port < 65536:
         p.error(f"--port {args.port} is not a port number")
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
-        p.error("--max-upload-mb and --max-megapixels must be positive")
+    if min(args.max_upload_mb, args.max_megapixels, args.decode_memory_mb) <= 0:
+        p.error("--max-upload-mb, --max-megapixels and --decode-memory-mb must be positive")
     return args
 
 
@@ -187,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s: %s, %d classes, sides %d/%d", weights, backbone, num_classes, min_side, max_side)
     service.start(warmup=args.warmup)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
-                    max_pending=args.max_pending, decode_workers=args.decode_workers)
+                    max_pending=args.max_pending, decode_workers=args.decode_workers,
+                    decode_memory_mb=args.decode_memory_mb)
     host, port = sock.getsockname()[:2]
     app = create_app(service, limits, allowed_hosts(host, args.allowed_host))
     shown = f"[{host}]" if ":" in host else host

@@ -40,7 +40,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from oid_retinanet.serve.service import DEFAULT_MAX_PIXELS, DetectionService, RequestError, prepare_upload
+from oid_retinanet.serve.service import (
+    DEFAULT_MAX_PIXELS,
+    DetectionService,
+    RequestError,
+    decode_cost,
+    prepare_upload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PENDING = 16
 DEFAULT_DECODE_WORKERS = 2
+DEFAULT_DECODE_MEMORY_MB = 1024.0
 # The page loads only its own files; the uploaded image is shown from a blob: URL.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'",
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
@@ -61,8 +68,10 @@ class Limits:
     progress at once once their upload has arrived (decoding, waiting for or in the model); more get 503.
     max_receiving: uploads arriving at once (more get 503). A body that stalls for body_idle_seconds, or that
     arrives slower than min_body_rate bytes/s on average once body_grace_seconds have passed, gets 408 and its
-    connection closed: a client trickling bytes holds no slot for long. decode_workers: uploads decoded at once
-    (a 36-megapixel PNG raised the peak memory by 0.53 GB while it was decoded and preprocessed).
+    connection closed: a client trickling bytes holds no slot for long. decode_workers: uploads decoded at once.
+    decode_memory_mb: what the uploads being decoded may take together, estimated from their headers
+    (service.DECODE_BYTES_PER_PIXEL; a 36-megapixel PNG raised the peak by 0.53 GB); an upload waits for its
+    share, and one larger than the whole budget waits until it decodes alone.
     """
 
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -70,6 +79,7 @@ class Limits:
     max_pending: int = DEFAULT_MAX_PENDING
     decode_workers: int = DEFAULT_DECODE_WORKERS
     max_receiving: int = 4 * DEFAULT_MAX_PENDING
+    decode_memory_mb: float = DEFAULT_DECODE_MEMORY_MB
     body_idle_seconds: float = 10.0
     body_grace_seconds: float = 10.0
     min_body_rate: float = 16 * 1024
@@ -172,6 +182,29 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
+class MemoryBudget:
+    """Bytes that the requests holding a share may use together; `take(n)` waits until n fit (event-loop side).
+    A request larger than the whole budget waits until it is alone."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def take(self, n: int):
+        n = min(n, self.total)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + n <= self.total)
+            self.used += n
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= n
+                self._changed.notify_all()
+
+
 class Admission:
     """Counts the requests in progress and refuses those past `capacity` (event-loop side, no lock needed)."""
 
@@ -235,8 +268,9 @@ def create_app(service: DetectionService, limits: Limits = Limits(), hosts: froz
         app.add_middleware(HostCheck, allowed=hosts)
     admission, receiving = Admission(limits.max_pending), Admission(limits.max_receiving, "uploads arriving")
     decoders = anyio.CapacityLimiter(limits.decode_workers)
-    app.state.service, app.state.limits, app.state.admission, app.state.receiving = (service, limits, admission,
-                                                                                     receiving)
+    decode_memory = MemoryBudget(int(limits.decode_memory_mb * 2**20))
+    app.state.service, app.state.limits, app.state.admission = service, limits, admission
+    app.state.receiving, app.state.decode_memory = receiving, decode_memory
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
@@ -264,8 +298,10 @@ def create_app(service: DetectionService, limits: Limits = Limits(), hosts: froz
         ok = service.ready
         body = {"status": "ok" if ok else "unavailable", "model": service.describe(),
                 "limits": {"max_upload_mb": limits.max_upload_bytes / 2**20, "max_megapixels": limits.max_pixels / 1e6,
-                           "max_pending": limits.max_pending, "max_batch": service.worker.max_batch},
+                           "max_pending": limits.max_pending, "max_batch": service.worker.max_batch,
+                           "decode_memory_mb": limits.decode_memory_mb},
                 "load": {"in_progress": admission.in_progress, "receiving": receiving.in_progress,
+                         "decode_memory_mb": round(decode_memory.used / 2**20, 1),
                          "waiting_for_model": service.worker.waiting, "refused": admission.refused + receiving.refused,
                          "model_calls": service.worker.calls}}
         return JSONResponse(body, 200 if ok else 503)
@@ -279,8 +315,9 @@ def create_app(service: DetectionService, limits: Limits = Limits(), hosts: froz
         with receiving.slot():  # a slot for the model's work only once the upload has arrived
             data = await read_upload(request)
         with admission.slot():
-            image = await anyio.to_thread.run_sync(prepare_upload, data, service.min_side, service.max_side,
-                                                   limits.max_pixels, limiter=decoders)
+            async with decode_memory.take(decode_cost(data)):
+                image = await anyio.to_thread.run_sync(prepare_upload, data, service.min_side, service.max_side,
+                                                       limits.max_pixels, limiter=decoders)
             del data
             output = await asyncio.wrap_future(service.submit(image, flip))
             result = await anyio.to_thread.run_sync(service.answer, image, output, flip, parents, min_score)
