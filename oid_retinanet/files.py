@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from oid_retinanet.errors import OIDInputError
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +73,23 @@ def write_csv(df, path: str | os.PathLike) -> None:
     """DataFrame.to_csv(index=False) under a temporary name, renamed when complete."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def check_settings(record: str | os.PathLike, settings: dict, remedy: str) -> bool:
+    """A resumable output's settings: compare `settings` (JSON values) with those recorded in `record` and raise
+    OIDInputError naming every difference (keys ending in `_name` are for people and not compared; `remedy` ends
+    the message), or record them there when there is no record yet (True then)."""
+    record = Path(record)
+    if not record.is_file():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(settings, indent=1) + "\n")
+        return True
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OIDInputError(f"not a readable settings record ({exc}); {remedy}", str(record)) from None
+    diffs = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
+             if not key.endswith("_name") and recorded.get(key) != value]
+    if diffs:
+        raise OIDInputError(f"made with other settings ({'; '.join(diffs)}): {remedy}", str(record))
+    return False

@@ -22,6 +22,7 @@ from PIL import Image
 from labelProcess import analyse_class_distribution, gen_exists_annotation, resize_move_images, tooMuch_label_select
 from oid_retinanet.data import resize_move
 from oid_retinanet.data.resize_move import target_size, transfer_images
+from oid_retinanet.errors import OIDInputError
 from oid_retinanet.oid.classes import ClassList, read_class_descriptions
 from oid_retinanet.oid.hierarchy import Hierarchy
 from oid_retinanet.oid.label_tools import (
@@ -385,7 +386,9 @@ def image_folder(tmp_path):
 
 
 def _contents(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """The folder's files (the destination's settings record left out)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != resize_move.SETTINGS_FILE}
 
 
 def test_resize_sizes_formats_and_failures(image_folder, tmp_path):
@@ -405,12 +408,22 @@ def test_resize_sizes_formats_and_failures(image_folder, tmp_path):
                      "alpha.png": ((400, 300), "PNG", "RGBA")}
     assert (dst / "small.jpg").read_bytes() == before["small.jpg"]  # untouched, not re-encoded
     assert _contents(image_folder) == before  # sources stay without --move
-    assert sorted(os.listdir(dst)) == ["alpha.png", "small.jpg", "tall.jpg", "wide.jpg"]  # no temp files left
+    # no temp files left; the settings the folder was made with
+    assert sorted(os.listdir(dst)) == [resize_move.SETTINGS_FILE, "alpha.png", "small.jpg", "tall.jpg", "wide.jpg"]
     # a rerun skips what is there and leaves it alone
     (dst / "wide.jpg").write_bytes(b"marker")
     again = transfer_images([str(image_folder)], str(dst), move=False, max_side=400, workers=1, progress=False)
     assert again.counts == {"skipped": 4, "failed": 1}
     assert (dst / "wide.jpg").read_bytes() == b"marker"
+    # another size would mix two sizes in the folder (names there are skipped): refused before any file is taken
+    before_dst = _contents(dst)
+    for max_side, diff in ((200, "max_side 400 -> 200"), (None, "max_side 400 -> None")):
+        with pytest.raises(OIDInputError, match=f"{resize_move.SETTINGS_FILE}: made with other settings \\({diff}"):
+            transfer_images([str(image_folder)], str(dst), move=False, max_side=max_side, workers=1, progress=False)
+    assert _contents(dst) == before_dst and _contents(image_folder) == before
+    # the record is not an image to take when the folder is a source later
+    onward = transfer_images([str(dst)], str(tmp_path / "onward"), move=False, workers=1, progress=False)
+    assert onward.counts == {"copied": 4}
 
 
 def test_resize_with_move_removes_sources(image_folder, tmp_path):

@@ -10,7 +10,8 @@ another with shutil.move, one at a time, printing a count every 1000. Here:
 - with max_side, images whose longer side is larger are shrunk to it (never enlarged) and re-encoded in the
   format their extension names (JPEG at `quality`, PNG stays PNG), EXIF and ICC profile kept; smaller ones
   are copied (or moved) byte for byte;
-- a file that cannot be read or written is logged and returned as a failure; the others go on.
+- a file that cannot be read or written is logged and returned as a failure; the others go on;
+- the destination records the resize settings (SETTINGS_FILE): a rerun with others stops, naming them.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_path, check_settings
 
 log = logging.getLogger(__name__)
 
+SETTINGS_FILE = ".resize_move_settings.json"  # what the destination's resized files were made with
 STATUSES = ("moved", "copied", "resized", "skipped", "failed")
 _TEMP_NAME = re.compile(r"^\..+\.tmp\d+$")  # atomic_path's temporary names, left by a killed run
 
@@ -175,7 +177,7 @@ def plan_transfers(sources: Sequence[str], dst: str) -> tuple[list[Task], list[R
             if not entry.is_file():
                 folders += entry.is_dir()
                 continue
-            if _TEMP_NAME.match(entry.name):
+            if _TEMP_NAME.match(entry.name) or entry.name == SETTINGS_FILE:
                 continue
             if entry.name in present:
                 skipped.append(Result(entry.path, "skipped", "present at the destination"))
@@ -213,8 +215,10 @@ def transfer_images(sources: Sequence[str], dst: str, move: bool, max_side: int 
             raise FileNotFoundError(errno.ENOENT, "No such folder", src)
         if not os.path.isdir(src):
             raise NotADirectoryError(errno.ENOTDIR, "Not a folder", src)
-    os.makedirs(dst, exist_ok=True)
     tasks, skipped = plan_transfers(sources, dst)
+    # names already there are skipped, so a rerun with another size would mix two sizes in one folder
+    check_settings(os.path.join(dst, SETTINGS_FILE), {"max_side": max_side, "quality": quality if max_side else None},
+                   "rerun with those settings, or choose another destination")
     summary = TransferSummary()
     for r in skipped:
         summary.add(r)

@@ -32,7 +32,6 @@ The recorded fixtures pack many images into one file (`ids` (n,), `boxes` (n, R,
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -47,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path, atomic_write_text
+from oid_retinanet.files import atomic_path, check_settings
 from oid_retinanet.oid.classes import ClassList, read_class_descriptions, write_class_descriptions
 
 CACHE_SUFFIX = ".npz"
@@ -263,24 +262,11 @@ def record_settings(cache_dir: str | os.PathLike, settings: dict, overwrite: boo
             (folder / name).unlink(missing_ok=True)
         shutil.rmtree(folder / "visualize", ignore_errors=True)
         log.info("%s: emptied (--overwrite-cache)", folder)
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise OIDInputError(f"not a readable settings record ({exc}); --overwrite-cache starts the folder "
-                                "afresh", str(path)) from None
-        diffs = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
-                 if not key.endswith("_name") and recorded.get(key) != value]
-        if diffs:
-            raise OIDInputError(f"this cache folder holds predictions made with other settings ({'; '.join(diffs)}): "
-                                "run with the recorded settings, use another --cache-dir, or --overwrite-cache to "
-                                "start it afresh", str(path))
-        return
-    if folder.is_dir() and cache_ids(folder):
+    had_predictions = folder.is_dir() and bool(cache_ids(folder))
+    if check_settings(path, settings, "run with the recorded settings, use another --cache-dir, or --overwrite-cache "
+                                      "to start it afresh") and had_predictions:
         log.warning("%s holds predictions of an earlier version, which recorded no settings: this run's are "
                     "recorded now and the folder's are assumed to be the same", folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def caches_classes(cache_dirs: Iterable[str | os.PathLike]) -> ClassList | None:
