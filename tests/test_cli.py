@@ -65,3 +65,78 @@ def test_backend_start_up_lines_only_with_verbose(tmp_path):
     verbose = subprocess.run(command + ["-v"], cwd=REPO, env=env, capture_output=True, text=True)
     assert verbose.returncode == 2 and "ending in .keras" in verbose.stderr.splitlines()[-1]
     assert any(line in verbose.stderr for line in TF_START_LINES), verbose.stderr
+
+
+# ---- any file given to any script: not UTF-8 text -----------------------------------------------------------
+
+PRED_HEADER = "ImageId,PredictionString\n"
+BOX_HEADER = ("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,"
+              "IsInside\n")
+LABEL_HEADER = "ImageID,Source,LabelName,Confidence\n"
+
+
+def _not_utf8(kind: str, text: str) -> bytes:
+    """`text` as a gzip file, as UTF-16, or with a stray Latin-1 byte in its last row (after a bad one)."""
+    import gzip
+
+    if kind == "gzip":
+        return gzip.compress(text.encode())
+    if kind == "utf16":
+        return text.encode("utf-16")
+    return text.encode() + "img\xe9,x\n".encode("latin-1")
+
+
+def _scripts(tmp_path, good: dict):
+    import create_files_for_training_by_levels as levels_2018
+    import create_higher_level_predictions_from_level_1_predictions_csv as stage5
+    import ensemble_predictions_with_weighted_method as stage6
+    import evaluate_oid_map as evaluate
+    from labelProcess import create_files_for_training_by_levels as levels_2019
+    from retinanet_inference_submission import split_csv
+
+    out = str(tmp_path / "out")
+    return {  # name -> (main, argv with BAD where the bad file goes, the good text of that file)
+        "levels 2018": (levels_2018.main, ["--train-csv", "BAD", "--validation-csv", good["boxes"], "--levels", "1",
+                                           "--output-path", out], "boxes"),
+        "levels 2019": (levels_2019.main, ["--train-csv", "BAD", "--output-path", out], "boxes"),
+        "stage 5": (stage5.main, ["BAD", out + ".csv"], "predictions"),
+        "stage 6": (stage6.main, ["--csvs", "BAD", good["predictions"], "--output", out + ".csv"], "predictions"),
+        "evaluation, predictions": (evaluate.main, ["--predictions", "BAD", "--gt-boxes", good["gt_boxes"],
+                                                    "--gt-labels", good["labels"], "--output-dir", out],
+                                    "predictions"),
+        "evaluation, boxes": (evaluate.main, ["--predictions", good["predictions"], "--gt-boxes", "BAD",
+                                              "--gt-labels", good["labels"], "--output-dir", out], "gt_boxes"),
+        "evaluation, labels": (evaluate.main, ["--predictions", good["predictions"], "--gt-boxes", good["gt_boxes"],
+                                               "--gt-labels", "BAD", "--output-dir", out], "labels"),
+        "split": (split_csv.main, ["BAD", "--output-dir", out], "predictions"),
+    }
+
+
+GOOD_TEXT = {
+    "boxes": BOX_HEADER + "0a,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,0,0,0\n",
+    "gt_boxes": BOX_HEADER + "0a,xclick,/m/01g317,1,0.1,0.5,0.2,0.6,0,0,0,0,0\n",
+    "labels": LABEL_HEADER + "0a,verification,/m/01g317,1\n",
+    "predictions": PRED_HEADER + "0a,/m/01g317 0.5 0.1 0.2 0.5 0.6\n0b,/m/01g317 high 0.1 0.2 0.5 0.6\n",
+}
+CASES = ["levels 2018", "levels 2019", "stage 5", "stage 6", "evaluation, predictions", "evaluation, boxes",
+         "evaluation, labels", "split"]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "utf16", "stray byte"])
+@pytest.mark.parametrize("case", CASES)
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path, capsys, case, kind):
+    good = {}
+    for name, text in GOOD_TEXT.items():
+        good[name] = str(tmp_path / f"{name}.csv")
+        (tmp_path / f"{name}.csv").write_text(text.replace(" high ", " 0.4 "))
+    main, argv, which = _scripts(tmp_path, good)[case]
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(_not_utf8(kind, GOOD_TEXT[which]))
+    capsys.readouterr()
+    rc = main([str(bad) if a == "BAD" else a for a in argv])
+    err = capsys.readouterr().err
+    # log lines start with the time; progress bars have "%|"
+    lines = [line for line in err.replace("\r", "\n").splitlines()
+             if line.strip() and not line[:2].isdigit() and "%|" not in line]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {bad}") and ("UTF-8" in lines[0] or "row" in lines[0]), lines[0]

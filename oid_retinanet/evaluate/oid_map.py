@@ -376,8 +376,13 @@ def _factorized(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def prediction_format(path: str) -> str:
     """'kaggle' for an `ImageId,PredictionString` CSV, 'official' for `ImageID,LabelName,Score,XMin,...`."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        header = next(csv.reader([f.readline()]), [])
+    with open(path, "rb") as f:  # the header line alone: a text reader would decode (and fail on) what follows
+        line = f.readline(1 << 20)
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise OIDInputError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
+    header = next(csv.reader([text]), [])
     columns = [c.strip() for c in header]
     if tuple(columns) == KAGGLE_HEADER:
         return "kaggle"
