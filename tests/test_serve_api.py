@@ -21,6 +21,7 @@ The helpers here (model, server thread, requests) are imported by test_serve_bro
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import functools
 import http.client
@@ -51,7 +52,7 @@ from oid_retinanet.predict.expand import expand_csv, load_parent_table
 from oid_retinanet.predict.inference import predict_images
 from oid_retinanet.resources import resource_path
 from oid_retinanet.serve import __main__ as serve_main
-from oid_retinanet.serve.app import Limits, create_app
+from oid_retinanet.serve.app import JSONRefusalsH11Protocol, Limits, create_app
 from oid_retinanet.serve.service import DetectionService, ModelInfo, decode_image, load_parent_expansion
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -93,7 +94,7 @@ class ServerThread:
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, http=JSONRefusalsH11Protocol, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -445,6 +446,29 @@ def test_decodes_share_a_memory_budget(photo, service, monkeypatch, budget_image
         answers = list(pool.map(lambda _: detect(srv.port, data), range(3)))
     assert [status for status, _ in answers] == [200] * 3 and most == expected_at_once, (answers, most)
     assert app.state.decode_memory.used == 0
+
+
+@pytest.mark.parametrize("head, status, detail", [
+    (b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n", 431,
+     "request header fields too large"),
+    (b"POST /api/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n", 400, "malformed HTTP request"),
+    (b"NOT HTTP AT ALL\r\n\r\n", 400, "malformed HTTP request")])
+def test_what_the_server_refuses_before_the_app_is_json(server, head, status, detail):
+    """Before: a connection reset for a 1 MB header, plain text for the others."""
+    def send(sock) -> None:
+        with contextlib.suppress(OSError):  # the server may close before the last bytes are sent
+            sock.sendall(head)
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sender = threading.Thread(target=send, args=(sock,), daemon=True)
+        sender.start()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        sender.join(10)
+    first, _, body = answer.partition(b"\r\n\r\n")
+    assert first.startswith(f"HTTP/1.1 {status} ".encode()) and b"application/json" in first, answer[:300]
+    assert json.loads(body)["detail"].startswith(detail)
 
 
 def _trickle(port: int, stop: threading.Event, declared: int = 100_000) -> tuple[int | None, bool]:

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from oid_retinanet.model import h5
     from oid_retinanet.predict.inference import default_sides, model_backbone, model_num_classes
-    from oid_retinanet.serve.app import Limits, allowed_hosts, create_app
+    from oid_retinanet.serve.app import JSONRefusalsH11Protocol, Limits, allowed_hosts, create_app
     from oid_retinanet.serve.service import (
         DetectionService,
         MergeSettings,
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(service, limits, allowed_hosts(host, args.allowed_host))
     shown = f"[{host}]" if ":" in host else host
     print(f"serving the web demo on http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="debug" if args.verbose else "warning", server_header=False,
+    config = uvicorn.Config(app, http=JSONRefusalsH11Protocol, log_level="debug" if args.verbose else "warning",
+                            server_header=False,
                             timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -39,6 +40,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE as MAX_HEADER_BYTES
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from oid_retinanet.serve.service import (
     DEFAULT_MAX_PIXELS,
@@ -325,3 +328,30 @@ def create_app(service: DetectionService, limits: Limits = Limits(), hosts: froz
         return JSONResponse(result)
 
     return app
+
+
+class JSONRefusalsH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, but what it refuses before the app sees a request (a malformed request line or
+    header, `Content-Length: abc`, a header block over h11's 16 KB) is answered in the API's JSON, 431 for an
+    oversized header, and the connection is closed after the client has had a moment to read the answer: closing
+    at once with its unread bytes pending makes the kernel reset the connection, and the client never sees it."""
+
+    LINGER_SECONDS = 2.0
+
+    def data_received(self, data: bytes) -> None:
+        if getattr(self, "_refused", False):
+            return  # the rest of a refused request: read and dropped until the connection closes
+        super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refused = True
+        pending = len(self.conn.trailing_data[0])
+        status, detail = (431, f"request header fields too large (more than {MAX_HEADER_BYTES // 1024} KB)") \
+            if pending > MAX_HEADER_BYTES else (400, "malformed HTTP request")
+        body = json.dumps({"detail": detail}).encode()
+        head = (f"HTTP/1.1 {status} {'Request Header Fields Too Large' if status == 431 else 'Bad Request'}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n")
+        self.transport.write(head.encode() + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(self.LINGER_SECONDS, self.transport.close)
