@@ -163,6 +163,12 @@ def test_error_lines_are_the_files_lines(tmp_path):
         read_boxes(path)
 
 
+def test_a_column_named_twice_in_the_header(tmp_path):
+    path = write(tmp_path, "boxes.csv", f"{HEADER},IsGroupOf\n{GOOD_ROW},1\n")
+    with pytest.raises(OIDInputError, match="boxes.csv, row 1: column IsGroupOf occurs 2 times in the header"):
+        read_boxes(path)
+
+
 def test_official_unknown_flag_and_trailing_commas(tmp_path):
     """-1 (unknown) is a flag value of the official files; a trailing comma on every data row is one field more
     than the header, which pandas would take as an index and shift every value: refused at the first row."""

@@ -54,7 +54,7 @@ import pyarrow.csv as pacsv
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.evaluate.expand_gt import ExpansionMaps, expansion_index, positive_flags
 from oid_retinanet.files import atomic_path, atomic_write_text
-from oid_retinanet.oid.annotations import read_csv_checked, read_image_labels
+from oid_retinanet.oid.annotations import file_line, read_csv_checked, read_image_labels
 from oid_retinanet.oid.classes import read_class_descriptions
 from oid_retinanet.oid.predictions import HEADER as KAGGLE_HEADER
 from oid_retinanet.oid.predictions import ImagePredictions, PredictionBlock, iter_prediction_blocks
@@ -210,7 +210,7 @@ def _numeric(df: pd.DataFrame, column: str, path: str) -> np.ndarray:
         num = pd.to_numeric(col, errors="coerce")
         bad = np.flatnonzero(num.isna().to_numpy() & col.notna().to_numpy() & (col != "").to_numpy())
         if bad.size:
-            raise OIDInputError(f"{column} is not a number: {col.iloc[bad[0]]!r}", path, int(bad[0]) + 2)
+            raise OIDInputError(f"{column} is not a number: {col.iloc[bad[0]]!r}", path, file_line(path, int(bad[0])))
         col = num
     return col.to_numpy(dtype=np.float64)
 

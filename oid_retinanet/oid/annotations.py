@@ -42,6 +42,7 @@ def read_csv_checked(path: str, required: tuple[str, ...], str_columns: tuple[st
         raise OIDInputError(f"malformed CSV: {str(exc).strip()}", path) from None
     except UnicodeDecodeError as exc:
         raise OIDInputError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
+    _check_header_names(path)
     if not isinstance(df.index, pd.RangeIndex):
         # pandas takes a first data row with one field more than the header (a trailing comma on every row) as
         # an index column and shifts every value one column to the left: the values checked would be wrong
@@ -56,12 +57,23 @@ def read_csv_checked(path: str, required: tuple[str, ...], str_columns: tuple[st
     return df
 
 
+def _check_header_names(path: str) -> None:
+    """OIDInputError for a column name that occurs twice in the header (pandas would read the second as `X.1`
+    and a stage would use only the first)."""
+    with open(path, "rb") as f:
+        line = f.readline(1 << 20).decode("utf-8-sig", errors="replace")
+    names = [n.strip() for n in next(csv.reader([line]), [])]
+    twice = sorted({n for n in names if n and names.count(n) > 1})
+    if twice:
+        raise OIDInputError(f"column {twice[0]} occurs {names.count(twice[0])} times in the header", path, 1)
+
+
 def _first_bad(mask: np.ndarray) -> int | None:
     idx = np.flatnonzero(mask)
     return int(idx[0]) if idx.size else None
 
 
-def _line(path: str, row: int) -> int:
+def file_line(path: str, row: int) -> int:
     """The line where data row `row` (0-based, as pandas counts rows: blank lines skipped) starts in the file, as
     an editor numbers lines (the header is line 1; blank lines and newlines inside quoted fields count). Found
     again only for an error message."""
@@ -93,7 +105,7 @@ def _check_numbers(df: pd.DataFrame, path: str, column: str, allowed: tuple[floa
     bad = _first_bad(np.isnan(num) & ~(empty & may_be_empty if may_be_empty is not None else False))
     if bad is not None:
         what = "is empty" if empty[bad] else f"is not a number: {col.iloc[bad]!r}"
-        raise OIDInputError(f"{column} {what}", path, _line(path, bad))
+        raise OIDInputError(f"{column} {what}", path, file_line(path, bad))
     with np.errstate(invalid="ignore"):
         outside = ~np.isin(num, allowed) if allowed is not None else (num < low) | (num > high)
     bad = _first_bad(outside & ~np.isnan(num))
@@ -101,7 +113,7 @@ def _check_numbers(df: pd.DataFrame, path: str, column: str, allowed: tuple[floa
         domain = " or ".join(f"{v:g}" for v in allowed) if allowed is not None else f"in [{low:g}, {high:g}]"
         value = col.iloc[bad]
         shown = repr(value) if isinstance(value, str) else f"{num[bad]:g}"
-        raise OIDInputError(f"{column} = {shown} must be {domain}", path, _line(path, bad))
+        raise OIDInputError(f"{column} = {shown} must be {domain}", path, file_line(path, bad))
     return num
 
 
@@ -118,7 +130,7 @@ def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
     negative = empty_label if allow_negatives else np.zeros(len(df), dtype=bool)
     bad = _first_bad((df["ImageID"].str.strip() == "").to_numpy())
     if bad is not None:
-        raise OIDInputError("empty ImageID", path, _line(path, bad))
+        raise OIDInputError("empty ImageID", path, file_line(path, bad))
     for c in FLAG_COLUMNS:
         if c in df.columns:
             _check_numbers(df, path, c, FLAG_VALUES, may_be_empty=negative)
@@ -131,30 +143,31 @@ def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,
             num = pd.to_numeric(col, errors="coerce")
             bad = _first_bad(num.isna().to_numpy() & col.notna().to_numpy())
             if bad is not None:
-                raise OIDInputError(f"{c} is not a number: {col.iloc[bad]!r}", path, _line(path, bad))
+                raise OIDInputError(f"{c} is not a number: {col.iloc[bad]!r}", path, file_line(path, bad))
             col = num
         coords[c] = col.to_numpy(dtype=np.float64)
         bad = _first_bad(np.isnan(coords[c]) & ~negative)
         if bad is not None:
-            raise OIDInputError(f"{c} is empty", path, _line(path, bad))
+            raise OIDInputError(f"{c} is empty", path, file_line(path, bad))
         with np.errstate(invalid="ignore"):
             bad = _first_bad((coords[c] < 0) | (coords[c] > 1))
         if bad is not None:
-            raise OIDInputError(f"{c} = {float(coords[c][bad])} is outside [0, 1]", path, _line(path, bad))
+            raise OIDInputError(f"{c} = {float(coords[c][bad])} is outside [0, 1]", path, file_line(path, bad))
     for lo, hi in (("XMin", "XMax"), ("YMin", "YMax")):
         with np.errstate(invalid="ignore"):
             bad = _first_bad(coords[lo] > coords[hi])
         if bad is not None:
             raise OIDInputError(f"{lo} = {float(coords[lo][bad])} > {hi} = {float(coords[hi][bad])}", path,
-                                  _line(path, bad))
+                                  file_line(path, bad))
     bad = _first_bad(empty_label & ~negative)
     if bad is not None:
-        raise OIDInputError("empty LabelName", path, _line(path, bad))
+        raise OIDInputError("empty LabelName", path, file_line(path, bad))
     if classes is not None:
         known = labels.isin(set(classes.mids)).to_numpy() | negative
         bad = _first_bad(~known)
         if bad is not None:
-            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path, _line(path, bad))
+            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path,
+                                file_line(path, bad))
 
 
 def read_boxes(path: str, classes: ClassList | None = None, allow_negatives: bool = False,
@@ -171,15 +184,16 @@ def read_image_labels(path: str, classes: ClassList | None = None) -> pd.DataFra
     conf = pd.to_numeric(df["Confidence"], errors="coerce").to_numpy()
     bad = _first_bad(~np.isin(conf, (0, 1)))
     if bad is not None:
-        raise OIDInputError(f"Confidence must be 0 or 1, got {df['Confidence'].iloc[bad]}", path, _line(path, bad))
+        raise OIDInputError(f"Confidence must be 0 or 1, got {df['Confidence'].iloc[bad]}", path, file_line(path, bad))
     labels = df["LabelName"]
     bad = _first_bad((labels == "").to_numpy())
     if bad is not None:
-        raise OIDInputError("empty LabelName", path, _line(path, bad))
+        raise OIDInputError("empty LabelName", path, file_line(path, bad))
     if classes is not None:
         bad = _first_bad(~labels.isin(set(classes.mids)).to_numpy())
         if bad is not None:
-            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path, _line(path, bad))
+            raise OIDInputError(f"unknown MID {labels.iloc[bad]!r} (not in {classes.source})", path,
+                                file_line(path, bad))
     return df
 
 
