@@ -28,7 +28,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import machine_info, write_result  # noqa: E402
+from bench.common import generated, machine_info, write_result  # noqa: E402
 
 SCRIPT = REPO / "create_higher_level_predictions_from_level_1_predictions_csv.py"
 
@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.out_dir).resolve() / "expand"
     work.mkdir(parents=True, exist_ok=True)
     src = work / f"predictions_{args.images}x{args.boxes}.csv"
-    if not src.exists():
-        print(f"generating {src} ...", flush=True)
-        make_predictions(src, args.images, args.boxes)
+    generated(src.with_suffix(".stamp.json"), make_predictions, src, args.images, args.boxes)
     subset, first = work / f"predictions_first_{args.slow_images}.csv", work / "predictions_first_1.csv"
     with open(src, encoding="utf-8") as f, open(subset, "w", encoding="utf-8") as g:
         for k, line in enumerate(f):

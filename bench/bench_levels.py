@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine_info, peak_rss_mb, write_result  # noqa: E402
+from bench.common import generated, machine_info, peak_rss_mb, write_result  # noqa: E402
 
 
 def make_annotations(path: Path, n_rows: int, seed: int = 0) -> None:
@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.out_dir) / "levels"
     work.mkdir(parents=True, exist_ok=True)
     src = work / f"train-annotations-bbox-{args.rows}.csv"
-    if not src.exists():
-        print(f"generating {src} ...", flush=True)
-        make_annotations(src, args.rows)
+    generated(src.with_suffix(".stamp.json"), make_annotations, src, args.rows)
     n_in = sum(1 for _ in open(src)) - 1
     ours = run_phase("ours", str(src), str(work / "ours"))
     base = run_phase("baseline", str(src), str(work / "baseline"), str(ours["rows_written"]))

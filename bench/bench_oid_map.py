@@ -31,7 +31,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import machine_info, peak_rss_mb, write_result  # noqa: E402
+from bench.common import generated, machine_info, peak_rss_mb, write_result  # noqa: E402
 
 FIXTURE = Path(os.environ.get("OID_SHARED", REPO.parent / "shared")) / "fixtures" / "oid_eval"
 
@@ -264,13 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.out_dir) / "oid_map"
     work.mkdir(parents=True, exist_ok=True)
     stamp = work / f"scenario_{args.images}_{args.preds_per_image}.json"
-    if not stamp.exists():
-        print(f"generating the validation-sized scenario in {work} ...", flush=True)
-        t0 = time.perf_counter()
-        meta = make_scenario(work, args.images, args.preds_per_image)
-        meta["generation_s"] = time.perf_counter() - t0
-        stamp.write_text(json.dumps(meta))
-    meta = json.loads(stamp.read_text())
+    meta = generated(stamp, make_scenario, work, args.images, args.preds_per_image)
     from oid_retinanet.resources import resource_path
 
     big = run_phase("staged", str(work / "gt_boxes.csv"), str(work / "gt_labels.csv"), str(work / "predictions.csv"),

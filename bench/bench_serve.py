@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = work / f"resnet50_{CLASSES}_classes_init.keras"
     model = retinanet_bbox(retinanet(CLASSES))
-    if not weights.exists():
-        model.save(weights)
+    model.save(weights)  # every run: a file kept from an earlier version of the model code would be stale
     labels = labels_csv(work / "labels.csv")
     base = baseline(model, labels, bodies, sides, args.baseline_repeats)
     print(f"baseline (in process, no HTTP): {base['images_per_s']:.2f} images/s", flush=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 # The instruction sets that decide which CPU kernels oneDNN and XLA run (AVX2 only, AVX-512, native bfloat16):
@@ -66,3 +69,18 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def generated(stamp: Path, make: Callable, *args, **kwargs):
+    """Generated benchmark input, made once and kept: `make(*args, **kwargs)` runs (its result is returned and
+    stored in `stamp`) unless `stamp` records the same arguments and the same source code of `make`, so that a
+    changed generator or other sizes never reuse an old file. Returns make's result (or the stored one)."""
+    key = {"generator": hashlib.sha256(inspect.getsource(make).encode()).hexdigest(),
+           "args": json.loads(json.dumps([list(map(str, args)), {k: str(v) for k, v in kwargs.items()}]))}
+    if stamp.is_file():
+        recorded = json.loads(stamp.read_text())
+        if recorded.get("key") == key:
+            return recorded.get("result")
+    result = make(*args, **kwargs)
+    stamp.write_text(json.dumps({"key": key, "result": result}))
+    return result
