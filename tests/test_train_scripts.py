@@ -85,6 +85,13 @@ def test_bare_resume_takes_the_earlier_runs_settings(tiny, tmp_path, capfd):
     assert config["initial_epoch"] == 1 and (snapshots / "resnet50_oid_level_1_02.keras").is_file()
     assert "settings of the earlier run" in err and "image_min_side=64" in err and "seed=3" in err
     assert "changed from the earlier run: epochs 1 -> 2, lr 1e-05 -> 2e-05" in err
+    # other classes cannot resume these snapshots: the head's outputs would mean other classes
+    classes = pd.read_csv(snapshots / "classes.csv", header=None)
+    two = ",".join(classes[1][:2])
+    assert r50.main(["--resume", "--snapshot-path", str(snapshots), "--epochs", "3", "--labels-filter", two]) == 2
+    err = capfd.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {snapshots / 'classes.csv'}: the snapshots here were trained on other classes")
+    assert "5 classes, not the 2" in err and not (snapshots / "resnet50_oid_level_1_03.keras").exists()
 
 
 def test_training_script_defaults_and_errors(tiny, tmp_path, capsys):

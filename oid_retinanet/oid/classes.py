@@ -107,3 +107,14 @@ def write_class_descriptions(path: str, rows: Iterable[tuple[str, str]]) -> None
     """Write (mid, name) rows as a class-description CSV, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(format_class_descriptions(rows), encoding="utf-8", newline="\n")
+
+
+def class_list_difference(recorded: ClassList, labels: ClassList) -> str | None:
+    """How `labels` differs from `recorded` in MIDs and their order (None when they agree), in words for an
+    error message: the counts, or the first label that differs."""
+    if recorded.mids == labels.mids:
+        return None
+    if len(recorded) != len(labels):
+        return f"{len(recorded)} classes, not the {len(labels)} of {labels.source}"
+    i = next(i for i, (a, b) in enumerate(zip(recorded.mids, labels.mids)) if a != b)
+    return f"label {i} is {recorded.mids[i]} ({recorded.names[i]}), not {labels.mids[i]} ({labels.names[i]})"

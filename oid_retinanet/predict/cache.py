@@ -47,7 +47,12 @@ import numpy as np
 
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path, check_settings
-from oid_retinanet.oid.classes import ClassList, read_class_descriptions, write_class_descriptions
+from oid_retinanet.oid.classes import (
+    ClassList,
+    class_list_difference,
+    read_class_descriptions,
+    write_class_descriptions,
+)
 
 CACHE_SUFFIX = ".npz"
 MEMBERS = ("boxes", "scores", "labels")
@@ -221,13 +226,9 @@ def recorded_classes(cache_dir: str | os.PathLike) -> ClassList | None:
 def check_classes(cache_dir: str | os.PathLike, labels: ClassList) -> None:
     """Raise OIDInputError unless the folder's recorded class list (if any) has the MIDs of `labels`, in order."""
     recorded = recorded_classes(cache_dir)
-    if recorded is None or recorded.mids == labels.mids:
+    detail = None if recorded is None else class_list_difference(recorded, labels)
+    if detail is None:
         return
-    if len(recorded) != len(labels):
-        detail = f"{len(recorded)} classes, not the {len(labels)} of {labels.source}"
-    else:
-        i = next(i for i, (a, b) in enumerate(zip(recorded.mids, labels.mids)) if a != b)
-        detail = f"label {i} is {recorded.mids[i]} ({recorded.names[i]}), not {labels.mids[i]} ({labels.names[i]})"
     raise OIDInputError(f"this cache folder holds predictions of another class list: {detail}; use another cache "
                         f"folder, or the class list it was written with", str(Path(cache_dir) / CLASSES_FILE))
 

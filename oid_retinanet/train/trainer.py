@@ -346,6 +346,21 @@ def _write_config(args: argparse.Namespace, inputs: _Inputs, num_classes: int, i
     atomic_write_text(os.path.join(args.snapshot_path, CONFIG_FILE), json.dumps(config, indent=1) + "\n")
 
 
+def _check_snapshot_classes(snapshot: str, classes) -> None:
+    """OIDInputError when the snapshot's run (its folder's classes.csv) trained other classes than this one would:
+    resumed, the head's outputs would silently mean other classes (or not fit)."""
+    from oid_retinanet.oid.classes import class_list_difference, read_class_descriptions
+
+    recorded_path = os.path.join(os.path.dirname(os.path.abspath(snapshot)), CLASSES_FILE)
+    if not os.path.isfile(recorded_path):
+        return
+    detail = class_list_difference(read_class_descriptions(recorded_path), classes)
+    if detail is not None:
+        raise OIDInputError(f"the snapshots here were trained on other classes than this run's ({detail}): resume "
+                            "with the same level files and --labels-filter, or train into another --snapshot-path",
+                            recorded_path)
+
+
 def train(args: argparse.Namespace):
     """Train as the flags say; returns the Keras History."""
     if args.gpu:
@@ -381,6 +396,8 @@ def train(args: argparse.Namespace):
         **common, steps=args.steps, seed=args.seed, group=args.group,
         transform=RandomTransform.ORIGINAL_FULL if args.random_transform else RandomTransform.FLIP_X,
         intensity=INTENSITY_CHANGE if args.intensity_change else None), workers=args.workers)
+    if snapshot:
+        _check_snapshot_classes(snapshot, train_data.classes)
     keras.utils.set_random_seed(args.seed)  # initial weights too: the same flags give the same model
     with scope if scope is not None else contextlib.nullcontext():
         if snapshot:
