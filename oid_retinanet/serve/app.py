@@ -132,15 +132,18 @@ class UploadLimit:
                 (400, "bad Content-Length header")
             await JSONResponse({"detail": detail}, status)(scope, receive, send)
             return
-        received, started, limits = 0, time.monotonic(), self.limits
+        received, started, limits, arrived = 0, time.monotonic(), self.limits, False
 
         async def counted_receive():
-            nonlocal received
+            nonlocal received, arrived
+            if arrived:  # the body is complete: a later receive waits for the disconnect, however long
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), limits.body_idle_seconds)
             except TimeoutError:
                 raise UploadTooSlow(f"no data for {limits.body_idle_seconds:g} s") from None
             if message["type"] == "http.request":
+                arrived = not message.get("more_body")
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise UploadTooLarge(self.limit)
