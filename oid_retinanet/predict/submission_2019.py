@@ -181,7 +181,10 @@ def _read_header(f, path: str) -> None:
     first = f.readline()
     if not first:
         raise OIDInputError("file is empty", path)
-    header = next(csv.reader([first.decode("utf-8-sig", errors="replace")]), [])
+    try:
+        header = next(csv.reader([first.decode("utf-8-sig")]), [])
+    except UnicodeDecodeError:
+        raise OIDInputError("not a UTF-8 text CSV", path) from None
     if tuple(h.strip() for h in header) != HEADER:
         raise OIDInputError(f"expected header {','.join(HEADER)}, got {','.join(header)}", path, 1)
 
