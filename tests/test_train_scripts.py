@@ -43,7 +43,8 @@ def test_training_script_snapshot_and_resume(depth, tiny, tmp_path):
 
     script = importlib.import_module(f"retinanet_training_level_1.train_oid_level_1_resnet{depth}")
     snapshots = tmp_path / "snapshots"
-    extra = [] if depth == 50 else ["--no-evaluation"]  # the evaluation path once is enough
+    # the evaluation path once is enough (with keras-retinanet's weighted VOC mAP)
+    extra = ["--weighted-average"] if depth == 50 else ["--no-evaluation"]
     assert script.main(_args(tiny, snapshots, "--epochs", "1", *extra)) == 0
     first = snapshots / f"resnet{depth}_oid_level_1_01.keras"
     assert first.is_file()
@@ -198,3 +199,44 @@ def test_training_on_another_backend(backend, tiny, tmp_path):
     log = pd.read_csv(snapshots / "training_log.csv")
     assert log["epoch"].tolist() == [0] and np.isfinite(log["loss"]).all()
     assert (snapshots / "resnet50_oid_level_1_01.keras").is_file()
+
+
+def test_keras_retinanet_forms_map_onto_ours_or_are_refused():
+    from oid_retinanet.errors import OIDInputError
+    from oid_retinanet.train.trainer import build_parser, keras_retinanet_args
+
+    parser = build_parser("resnet101", 768, 1024, "", {"DATASET_PATH": "d/", "OUTPUT_PATH": "o/", "MODELS_PATH": "m/"})
+
+    def parsed(*argv):
+        return keras_retinanet_args(parser.parse_args(list(argv)))
+
+    args = parsed("--batch-size", "2", "oid", "/data/oid", "--labels-filter", "Apple", "--group-method", "none",
+                  "--multiprocessing", "--annotation-cache-dir", "x", "--version", "v4")
+    assert (args.dataset_path, args.labels_filter, args.group, args.batch_size) == ("/data/oid", ["Apple"], "random", 2)
+    assert (parsed().dataset_path, parsed().group, parsed("--group-method", "ratio").group) == ("d/", "ratio", "ratio")
+    for argv, reason in ((["pascal", "/voc"], "keras-retinanet's form is `oid DATASET_PATH`"),
+                         (["--no-resize"], "images are always resized"), (["--parent-label", "x"], "--level N"),
+                         (["--version", "v5"], "--version v5")):
+        with pytest.raises(OIDInputError, match=reason):
+            parsed(*argv)
+
+
+def test_keras_retinanet_flags_take_effect(tiny, tmp_path):
+    """`oid DIR` for --dataset-path, --initial-epoch 1 (only epoch 2 runs), --optimizer-clipnorm in the saved
+    optimizer, --compute-val-loss in the log, --group-method none as --group random."""
+    import keras
+
+    import oid_retinanet.train.losses  # noqa: F401
+    from retinanet_training_level_1 import train_oid_level_1_resnet50 as r50
+
+    snapshots = tmp_path / "snapshots"
+    argv = [a for a in _args(tiny, snapshots) if a not in ("--dataset-path", str(tiny.dataset))]
+    assert r50.main([*argv, "oid", str(tiny.dataset), "--no-evaluation", "--epochs", "2", "--initial-epoch", "1",
+                     "--optimizer-clipnorm", "0.01", "--reduce-lr-factor", "0.5", "--compute-val-loss",
+                     "--group-method", "none", "--max-queue-size", "2"]) == 0
+    assert sorted(p.name for p in snapshots.glob("*.keras")) == ["resnet50_oid_level_1_02.keras"]
+    assert keras.saving.load_model(snapshots / "resnet50_oid_level_1_02.keras").optimizer.clipnorm == 0.01
+    log = pd.read_csv(snapshots / "training_log.csv")
+    assert log["epoch"].tolist() == [1] and "val_loss" in log.columns and np.isfinite(log["val_loss"]).all()
+    config = json.loads((snapshots / "training_config.json").read_text())
+    assert (config["dataset_path"], config["group"], config["reduce_lr_factor"]) == (str(tiny.dataset), "random", 0.5)

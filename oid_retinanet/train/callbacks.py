@@ -119,8 +119,9 @@ def predict_generator(generator: OpenImagesGenerator, model: keras.Model) -> Ite
             yield ImagePredictions(str(generator.data.image_ids[i]), mids[labels[keep]], scores[keep], norm)
 
 
-def evaluation_callback(generator: OpenImagesGenerator, metric: str = "voc", report_path: str | None = None
-                        ) -> MeanAPCallback:
-    """`logs["mAP"]` on the validation generator after every epoch; the per-class table to `report_path`."""
+def evaluation_callback(generator: OpenImagesGenerator, metric: str = "voc", report_path: str | None = None,
+                        **options) -> MeanAPCallback:
+    """`logs["mAP"]` on the validation generator after every epoch; the per-class table to `report_path`.
+    options: the evaluator's (weighted_average for "voc")."""
     return MeanAPCallback(lambda model: predict_generator(generator, model), validation_ground_truth(generator),
-                          metric=metric, report_path=report_path)
+                          metric=metric, report_path=report_path, **options)

@@ -28,7 +28,7 @@ import os
 import platform
 import sys
 
-from oid_retinanet.cli import positive_float, positive_int
+from oid_retinanet.cli import fraction, positive_float, positive_int
 from oid_retinanet.errors import OIDInputError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ CLASSES_FILE = "classes.csv"  # the model's classes in output order, for --label
 CONFIG_FILE = "training_config.json"
 # Options --resume does not take from the earlier run's configuration: how to start, where, and the run's identity.
 NOT_RESUMED = frozenset({"snapshot", "resume", "weights", "imagenet_weights", "imagenet_source", "models_path",
-                         "snapshot_path", "backbone", "level", "gpu", "verbose", "multi_gpu_force"})
+                         "snapshot_path", "backbone", "level", "gpu", "verbose", "multi_gpu_force",
+                         "initial_epoch"})
 MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
@@ -108,6 +109,34 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
     p.add_argument("--workers", type=positive_int, default=2, help="threads preparing batches (default: %(default)s)")
     p.add_argument("--mixed-precision", nargs="?", const="bfloat16", choices=sorted(MIXED_POLICIES),
                    help="compute in bfloat16 (default when given) or float16, weights in float32")
+    kr = p.add_argument_group(
+        "keras-retinanet's train.py", "its flags, mapped onto the ones above where they differ (the log says how). "
+        "Its `oid DATASET_PATH` form is taken as --dataset-path, with `--version v4` and --annotation-cache-dir "
+        "accepted; --no-resize and --parent-label are refused with the reason.")
+    kr.add_argument("dataset", nargs="*", metavar="oid DATASET_PATH", help=argparse.SUPPRESS)
+    kr.add_argument("--optimizer-clipnorm", type=positive_float, default=CLIPNORM,
+                    help="Adam's gradient clipping by norm, for a new optimizer (default: %(default)s)")
+    kr.add_argument("--reduce-lr-patience", type=positive_int, default=LR_PATIENCE,
+                    help="epochs without a lower loss before the learning rate drops (default: %(default)s)")
+    kr.add_argument("--reduce-lr-factor", type=fraction, default=LR_FACTOR,
+                    help="the learning rate's factor then (default: %(default)s, the original's)")
+    kr.add_argument("--initial-epoch", type=int, help="the epoch to count from (default: the snapshot's, else 0)")
+    kr.add_argument("--group-method", choices=["none", "random", "ratio"],
+                    help="as --group: ratio is ratio; none and random keep the draw order (--group random)")
+    kr.add_argument("--max-queue-size", type=positive_int, default=10,
+                    help="batches prepared ahead by the --workers threads (default: %(default)s)")
+    kr.add_argument("--multiprocessing", action="store_true",
+                    help="accepted; threads prepare the batches (the data pipeline is far faster than the model)")
+    kr.add_argument("--tensorboard-freq", default="epoch",
+                    help="TensorBoard writes every 'epoch', 'batch' or N batches (default: %(default)s)")
+    kr.add_argument("--weighted-average", action="store_true",
+                    help="the per-epoch VOC-style mAP weighted by each class's number of boxes")
+    kr.add_argument("--compute-val-loss", action="store_true",
+                    help="the validation loss after every epoch too (val_loss in the log)")
+    kr.add_argument("--no-resize", action="store_true", help=argparse.SUPPRESS)
+    kr.add_argument("--version", dest="oid_version", default="v4", help=argparse.SUPPRESS)
+    kr.add_argument("--annotation-cache-dir", help=argparse.SUPPRESS)
+    kr.add_argument("--parent-label", help=argparse.SUPPRESS)
     p.add_argument("--group", choices=["ratio", "random"], default="ratio",
                    help="batch images of similar aspect ratio, or as drawn (the original) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
@@ -124,6 +153,36 @@ def _backbone(text: str) -> str:
         return text
     raise argparse.ArgumentTypeError(f"unknown backbone {text!r}: resnet50, resnet101, resnet152 or "
                                      "mobilenet<128|160|192|224>_<0.25|0.5|0.75|1.0>")
+
+
+def keras_retinanet_args(args: argparse.Namespace) -> argparse.Namespace:
+    """keras-retinanet's forms mapped onto ours (each mapping logged), or refused with the reason."""
+    if args.dataset:
+        if len(args.dataset) != 2 or args.dataset[0] != "oid":
+            raise OIDInputError(f"unexpected arguments {' '.join(args.dataset)}: keras-retinanet's form is "
+                                "`oid DATASET_PATH`; the other datasets (pascal, coco, csv) are not read here")
+        log.info("keras-retinanet's `oid %s`: --dataset-path %s", args.dataset[1], args.dataset[1])
+        args.dataset_path = args.dataset[1]
+        args.dataset = []
+    if args.group_method is not None:
+        group = "ratio" if args.group_method == "ratio" else "random"
+        log.info("--group-method %s: --group %s", args.group_method, group)
+        args.group, args.group_method = group, None
+    if args.multiprocessing:
+        log.info("--multiprocessing: not needed; %d threads prepare the batches", args.workers)
+    if args.annotation_cache_dir:
+        log.info("--annotation-cache-dir: not needed; the level files are read directly")
+    refused = {"no_resize": "--no-resize: images are always resized (give --image-min-side/--image-max-side); a "
+                            "batch of Open Images photos at their own sizes would not fit in memory",
+               "parent_label": "--parent-label: train a level of the hierarchy instead (stage 1's level files, "
+                               "--level N)"}
+    for key, reason in refused.items():
+        if getattr(args, key):
+            raise OIDInputError(reason)
+    if args.oid_version not in ("v4", "challenge2018"):
+        raise OIDInputError(f"--version {args.oid_version}: the level files of stage 1 are read (v4 / the 2018 "
+                            "challenge); give --dataset-path and --output-path for another release")
+    return args
 
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -242,14 +301,14 @@ def _distribution(n: int):
     raise OIDInputError(f"--multi-gpu is supported on the tensorflow and jax backends, not {backend}")
 
 
-def compile_model(model, lr: float = LEARNING_RATE) -> None:
+def compile_model(model, lr: float = LEARNING_RATE, clipnorm: float = CLIPNORM) -> None:
     """Compile a training model as the original: focal + smooth-L1 losses, Adam with clipnorm 0.001."""
     import keras
 
     from oid_retinanet.train.losses import FocalLoss, SmoothL1Loss
 
     model.compile(loss={"regression": SmoothL1Loss(), "classification": FocalLoss()},
-                  optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=CLIPNORM))
+                  optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=clipnorm))
 
 
 def _create_model(args: argparse.Namespace, num_classes: int):
@@ -286,7 +345,7 @@ def _create_model(args: argparse.Namespace, num_classes: int):
         for layer in model.layers:
             if is_backbone_layer(layer.name):
                 layer.trainable = False
-    compile_model(model, args.lr)
+    compile_model(model, args.lr, args.optimizer_clipnorm)
     return model
 
 
@@ -328,7 +387,7 @@ def _resume_model(path: str, args: argparse.Namespace, num_classes: int):
 
     log.warning("%s: a keras-retinanet file holds no usable optimizer state; Adam restarts", path)
     model = load_keras_retinanet(path, inference=False)
-    compile_model(model, args.lr)
+    compile_model(model, args.lr, args.optimizer_clipnorm)
     return model, epoch
 
 
@@ -395,7 +454,8 @@ def train(args: argparse.Namespace):
     train_gen = OpenImagesGenerator(train_data, GeneratorConfig(
         **common, steps=args.steps, seed=args.seed, group=args.group,
         transform=RandomTransform.ORIGINAL_FULL if args.random_transform else RandomTransform.FLIP_X,
-        intensity=INTENSITY_CHANGE if args.intensity_change else None), workers=args.workers)
+        intensity=INTENSITY_CHANGE if args.intensity_change else None), workers=args.workers,
+        max_queue_size=args.max_queue_size)
     if snapshot:
         _check_snapshot_classes(snapshot, train_data.classes)
     keras.utils.set_random_seed(args.seed)  # initial weights too: the same flags give the same model
@@ -405,22 +465,30 @@ def train(args: argparse.Namespace):
             log.info("resuming from %s after epoch %d", snapshot, initial_epoch)
         else:
             model, initial_epoch = _create_model(args, train_data.num_classes), 0
+    if args.initial_epoch is not None:
+        log.info("--initial-epoch %d (the %s said %d)", args.initial_epoch, "snapshot" if snapshot else "start",
+                 initial_epoch)
+        initial_epoch = args.initial_epoch
     if initial_epoch >= args.epochs:
         log.info("snapshot is at epoch %d; --epochs %d: nothing to do", initial_epoch, args.epochs)
         return None
     train_gen.start_epoch(initial_epoch)
 
-    callbacks = []
-    if args.evaluation:
+    callbacks, val_gen = [], None
+    if args.evaluation or args.compute_val_loss:
         val_data = load_level_data(inputs.annotations["validation"], inputs.classes, inputs.params["validation"],
                                    inputs.images["validation"], args.labels_filter)
         val_gen = OpenImagesGenerator(val_data, GeneratorConfig(**common, sampling="sequential"))
+    if args.evaluation:
+        options = {"weighted_average": True} if args.weighted_average and args.eval_metric == "voc" else {}
         callbacks.append(cb.evaluation_callback(val_gen, args.eval_metric, os.path.join(
-            args.snapshot_path, f"mAP_stat_{args.backbone}.txt")))
-    callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=LR_FACTOR, patience=LR_PATIENCE,
-                                                       min_delta=LR_MIN_DELTA, min_lr=LR_MIN, verbose=1))
+            args.snapshot_path, f"mAP_stat_{args.backbone}.txt"), **options))
+    callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=args.reduce_lr_factor,
+                                                       patience=args.reduce_lr_patience, min_delta=LR_MIN_DELTA,
+                                                       min_lr=LR_MIN, verbose=1))
     if args.tensorboard_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=args.tensorboard_dir))
+        freq = int(args.tensorboard_freq) if args.tensorboard_freq.isdigit() else args.tensorboard_freq
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=args.tensorboard_dir, update_freq=freq))
     os.makedirs(args.snapshot_path, exist_ok=True)
     callbacks.append(cb.TrainingLog(os.path.join(args.snapshot_path, "training_log.csv"), append=True))
     if args.snapshots:
@@ -433,6 +501,7 @@ def train(args: argparse.Namespace):
              args.backbone, args.level, len(train_data), train_data.num_classes, args.epochs, args.steps,
              args.batch_size, args.image_min_side, args.image_max_side)
     return model.fit(train_gen, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                     validation_data=val_gen if args.compute_val_loss else None,
                      verbose=1 if sys.stderr.isatty() else 2)
 
 
@@ -445,6 +514,6 @@ def run_script(backbone: str, min_side: int, max_side: int, description: str, ar
     parser = build_parser(backbone, min_side, max_side, description, paths)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    args = check_args(resume_settings(args, given_options(parser, argv)))
+    args = check_args(keras_retinanet_args(resume_settings(args, given_options(parser, argv))))
     train(args)
     return 0
