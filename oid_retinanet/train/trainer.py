@@ -206,7 +206,8 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> se
     unset = object()
     probe = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
     parser.parse_args(argv, namespace=probe)  # argparse fills in defaults only where the namespace has none
-    return {dest for dest, value in vars(probe).items() if value is not unset}
+    # an absent nargs="*" positional (`oid DATASET_PATH`) is set to [] all the same
+    return {dest for dest, value in vars(probe).items() if value is not unset and value != []}
 
 
 def resume_settings(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
