@@ -114,7 +114,6 @@ def _check_numbers(df: pd.DataFrame, path: str, column: str, allowed: tuple[floa
         value = col.iloc[bad]
         shown = repr(value) if isinstance(value, str) else f"{num[bad]:g}"
         raise OIDInputError(f"{column} = {shown} must be {domain}", path, file_line(path, bad))
-    return num
 
 
 def check_boxes(df: pd.DataFrame, path: str, classes: ClassList | None = None,

@@ -345,6 +345,7 @@ def expand_csv(input_csv: str, output_csv: str, table: ParentTable, iou_thr: flo
                   lambda block: expand_block(block, table, iou_thr, plus_one, return_only_new, summary),
                   block_size=block_size, progress=progress, desc="expanding")
     log.info("%s -> %s: %s", input_csv, output_csv, summary.line())
-    if summary.warning():
-        log.warning("%s: %s", input_csv, summary.warning())
+    warning = summary.warning()
+    if warning:
+        log.warning("%s: %s", input_csv, warning)
     return summary
