@@ -8,10 +8,12 @@ the folder are merged (`create_csv_for_retinanet`: boxes scoring at least --skip
 at --iou-thr, the best --limit-boxes) into `ImageId,PredictionString` rows.
 
 --weights: a keras-retinanet .h5 (training or converted) or one of ours (.keras); a training model is
-converted to an inference model on load. --labels: the model's classes (MID,DisplayName CSV in output
-order); by default the released models' lists are used for 443 (2018 level 1) and 500 (2019) classes. The
-cache folder records the list in classes.csv: --from-cache reads it from there, and a model with another
-class list cannot write into the folder.
+converted to an inference model on load. The model's card (inside our .keras files, or a <weights>.card.json
+sidecar) gives its classes, image sides and anchors; the flags --labels, --min-side/--max-side and --config
+override it (predict/resolve.py says the order). Without a card: the cache folder's classes.csv, else the
+released models' lists for 443 (2018 level 1) and 500 (2019) classes, and the backbone's sides. The cache
+folder records the list in classes.csv: --from-cache reads it from there, and a model with another class
+list cannot write into the folder.
 --no-flip predicts the image alone: its cache files have one row and the CSV keeps its scores as they are
 (a second, empty row would give the image's boxes the weight 1/2 of a two-list merge and halve them).
 --shard I/N predicts every N-th of the sorted images (run the N shards anywhere on one cache folder) and
@@ -49,15 +51,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", help="model file: keras-retinanet .h5 or ours (.keras)")
     p.add_argument("--images", help="a folder, a glob pattern (quoted) or a .txt list of image paths")
     p.add_argument("--labels", metavar="FILE",
-                   help="the model's classes, MID,DisplayName per line in output order (default: the released "
-                        "models' list for 443 or 500 classes; with --from-cache: the cache folder's classes.csv)")
+                   help="the model's classes, MID,DisplayName per line in output order (default: the model's card, "
+                        "else the cache folder's classes.csv, else the released models' list for 443 or 500 classes)")
+    p.add_argument("--config", metavar="FILE",
+                   help="keras-retinanet's config.ini: [anchor_parameters] sizes, strides, ratios, scales (default: "
+                        "the model's card; needed only for a model without one trained with other anchors)")
     p.add_argument("--cache-dir", help="prediction cache folder (default: OUTPUT_PATH/cache_retinanet_<weights stem>/)")
     p.add_argument("--output", help="CSV to write (default: SUBM_PATH/retinanet_<weights stem>_predictions.csv)")
     p.add_argument("--min-side", type=positive_int,
-                   help="resize: short side (default: 600 for resnet152, 768 for resnet50/101, 800 for MobileNets)")
+                   help="resize: short side (default: the model's card, else 600 for resnet152, 768 for resnet50/101, "
+                        "800 for MobileNets)")
     p.add_argument("--max-side", type=positive_int,
-                   help="resize: long side at most (default: 800 for resnet152, 1024 for resnet50/101, 1333 for "
-                        "MobileNets)")
+                   help="resize: long side at most (default: the model's card, else 800 for resnet152, 1024 for "
+                        "resnet50/101, 1333 for MobileNets)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not predict the mirrored image")
     p.add_argument("--from-cache", action="store_true", help="no model: only write the CSV from --cache-dir")
     p.add_argument("--overwrite-cache", action="store_true",
@@ -85,18 +91,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _labels(args: argparse.Namespace, num_classes: int | None, cache_dir: str):
-    """The model's class list: --labels, else the one recorded in the cache folder with --from-cache, else the
-    released list for its class count; checked against the cache folder's record."""
-    from oid_retinanet.oid.levels import model_class_list
+def _cached_labels(args: argparse.Namespace, cache_dir: str):
+    """--from-cache without a model: --labels, else the class list recorded in the cache folder."""
+    from oid_retinanet.oid.classes import read_class_descriptions
     from oid_retinanet.predict.cache import check_classes, recorded_classes
 
-    recorded = recorded_classes(cache_dir) if args.from_cache and not args.labels else None
-    if recorded is not None:
-        if num_classes is not None and len(recorded) != num_classes:
-            raise OIDInputError(f"{len(recorded)} classes, but the model has {num_classes}", recorded.source)
-        return recorded
-    labels = model_class_list(args.labels, num_classes, C.CLASS_DESCRIPTIONS_CSV)
+    labels = read_class_descriptions(args.labels) if args.labels else recorded_classes(cache_dir)
+    if labels is None:
+        raise OIDInputError("no classes.csv in the cache folder: give --labels (or --weights)", cache_dir)
     check_classes(cache_dir, labels)
     return labels
 
@@ -113,41 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     if output is None and not args.shard:
         raise OIDInputError("--output is needed with --from-cache and no --weights")
 
-    model = num_classes = None
-    if args.weights and not os.path.exists(args.weights):
-        raise FileNotFoundError(2, "No such file or directory", args.weights)
+    resolved = None
     if args.weights:
-        from oid_retinanet.model import h5
-        from oid_retinanet.predict.inference import model_backbone, model_num_classes
+        from oid_retinanet.model.anchors import read_anchor_config
+        from oid_retinanet.predict.cache import check_classes
+        from oid_retinanet.predict.resolve import resolve_model
 
-        if args.weights.endswith(".keras"):
-            model = h5.load_model(args.weights, inference=True)
-            backbone, num_classes = model_backbone(model), model_num_classes(model)
-        else:
-            info = h5.inspect_h5(args.weights)
-            backbone, num_classes = info.backbone, info.num_classes
-        log.info("%s: %s, %d classes", args.weights, backbone, num_classes)
-    labels = _labels(args, num_classes, cache_dir)
+        anchors = read_anchor_config(args.config) if args.config else None
+        resolved = resolve_model(args.weights, labels=args.labels, min_side=args.min_side, max_side=args.max_side,
+                                 anchors=anchors, config=args.config, cache_dir=cache_dir)
+        labels = resolved.labels
+        check_classes(cache_dir, labels)
+    else:
+        labels = _cached_labels(args, cache_dir)
 
     if not args.from_cache:
         from oid_retinanet.predict.cache import file_sha256, record_classes, record_settings
-        from oid_retinanet.predict.inference import (
-            default_sides,
-            filter_settings,
-            list_images,
-            predict_images,
-            shard,
-            visualize,
-        )
+        from oid_retinanet.predict.inference import filter_settings, list_images, predict_images, shard, visualize
 
         paths = list_images(args.images)
         if args.shard:
             paths = shard(paths, *args.shard)
             log.info("shard %d/%d: %d images", *args.shard, len(paths))
-        min_side, max_side = default_sides(backbone)
-        min_side, max_side = args.min_side or min_side, args.max_side or max_side
-        if model is None:
-            model = h5.load_model(args.weights, inference=True)
+        min_side, max_side = resolved.sides
+        model = resolved.load()
         record_settings(cache_dir, {"weights_sha256": file_sha256(args.weights),
                                     "weights_name": os.path.basename(args.weights), "min_side": min_side,
                                     "max_side": max_side, "flip": args.flip, "filter": filter_settings(model)},

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     from oid_retinanet.data.augment import RandomTransform
     from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
     from oid_retinanet.evaluate import EvalClasses, evaluate_predictions, read_ground_truth
-    from oid_retinanet.model.retinanet import backbone_feature_shapes, retinanet
+    from oid_retinanet.model.backbones import feature_shapes_fn
+    from oid_retinanet.model.retinanet import retinanet
     from oid_retinanet.train.callbacks import predict_generator, validation_ground_truth
     from oid_retinanet.train.trainer import INTENSITY_CHANGE, compile_model
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     val_data = load_level_data(**level["validation"])
     try:
         model = retinanet(train_data.num_classes, backbone=args.backbone)
-        shapes = backbone_feature_shapes(args.backbone)
+        shapes = feature_shapes_fn(args.backbone)
     except ValueError as exc:
         p.error(str(exc))
     compile_model(model, args.lr)

@@ -6,6 +6,12 @@ in Keras 3's own format (.keras), under a temporary name renamed when complete. 
 anchors, box decoding, clipping and filtering layers of keras-retinanet's `convert_model`, with its defaults
 (class-specific NMS at 0.5, score > 0.05, at most 300 detections) unless changed by the flags below.
 
+The output carries the model card (model/card.py): MODEL_IN's (a snapshot of ours has one), else the one its
+contents imply, with --labels, --min-side/--max-side and --config recorded in it (for a keras-retinanet file,
+which cannot say its classes, sides or a training model's anchors), and the filter settings below. Stage 4 and
+the web demo then need no flag. --write-card also writes that card beside MODEL_IN (`MODEL_IN.card.json`), for
+a keras-retinanet .h5 used as it is.
+
 `--backbone` is accepted for the original's command line; the backbone in the file wins (a differing value
 is an error).
 """
@@ -22,9 +28,8 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
-from oid_retinanet.cli import script_main, setup_logging
+from oid_retinanet.cli import positive_int, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
 
 log = logging.getLogger("convert_retinanet_model")
 
@@ -46,6 +51,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep scores above this (default: %(default)s)")
     p.add_argument("--max-detections", type=int, default=MAX_DETECTIONS,
                    help="detections kept per image (default: %(default)s)")
+    p.add_argument("--labels", metavar="FILE", help="the model's classes to record in its card (MID,DisplayName per "
+                   "line in output order; default: MODEL_IN's card, else the released list for 443 or 500 classes)")
+    p.add_argument("--min-side", type=positive_int, help="image short side to record (default: the card's, else "
+                   "the backbone's)")
+    p.add_argument("--max-side", type=positive_int, help="image long side at most to record (default: as --min-side)")
+    p.add_argument("--config", metavar="FILE", help="keras-retinanet's config.ini: the anchors of a training model "
+                   "without a card (default: the card's, else keras-retinanet's)")
+    p.add_argument("--write-card", action="store_true", help="also write the card beside MODEL_IN as "
+                   "MODEL_IN.card.json")
     p.add_argument("--skip-mismatch", action="store_true",
                    help="load the layers that match and leave the others at their initial values")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -60,32 +74,32 @@ def main(argv: list[str] | None = None) -> int:
         raise OIDInputError("the output must be a Keras 3 model file ending in .keras", path=args.model_out)
     if not os.path.exists(args.model_in):
         raise FileNotFoundError(2, "No such file or directory", args.model_in)
+    from oid_retinanet.model.anchors import read_anchor_config
+    from oid_retinanet.model.card import save_model, write_sidecar
     from oid_retinanet.model.h5 import inspect_h5, load_model
     from oid_retinanet.model.retinanet import convert_model, training_model_of
+    from oid_retinanet.predict.resolve import resolve_model
 
-    file_settings = {}
+    card = resolve_model(args.model_in, labels=args.labels, min_side=args.min_side, max_side=args.max_side,
+                         anchors=read_anchor_config(args.config) if args.config else None, config=args.config,
+                         need_classes=False).card
+    if args.backbone and args.backbone != card.backbone:
+        raise OIDInputError(f"--backbone {args.backbone} but the file holds a {card.backbone}", path=args.model_in)
+    clip = {}
     if not args.model_in.endswith(".keras"):
         info = inspect_h5(args.model_in)
-        file_settings = dict(anchor_params=info.anchor_params, box_mean=info.box_mean, box_std=info.box_std,
-                             clip_size_minus_one=info.clip_size_minus_one)
-        if args.backbone and args.backbone != info.backbone:
-            raise OIDInputError(f"--backbone {args.backbone} but the file holds a {info.backbone}",
-                                path=args.model_in)
+        clip = {"clip_size_minus_one": info.clip_size_minus_one}
         log.info("%s: %s, conv1 %s, %d classes, %s model", args.model_in, info.backbone, info.conv1,
                  info.num_classes, "inference" if info.is_inference else "training")
     model = training_model_of(load_model(args.model_in, inference=False, skip_mismatch=args.skip_mismatch))
-    inference = convert_model(model, nms=args.nms, class_specific_filter=args.class_specific_filter,
-                              nms_threshold=args.nms_threshold, score_threshold=args.score_threshold,
-                              max_detections=args.max_detections, **file_settings)
-    with atomic_path(args.model_out) as tmp:
-        # Keras insists on the .keras suffix, so the temporary name keeps it.
-        tmp_keras = tmp.with_name(tmp.name + ".keras")
-        try:
-            inference.save(tmp_keras)
-            os.replace(tmp_keras, tmp)
-        finally:
-            if tmp_keras.exists():
-                tmp_keras.unlink()
+    settings = {"nms": args.nms, "class_specific_filter": args.class_specific_filter,
+                "nms_threshold": args.nms_threshold, "score_threshold": args.score_threshold,
+                "max_detections": args.max_detections}
+    inference = convert_model(model, anchor_params=card.anchors, box_mean=card.box_mean, box_std=card.box_std,
+                              **settings, **clip)
+    if args.write_card:
+        log.info("wrote %s", write_sidecar(args.model_in, card))
+    save_model(inference, args.model_out, card.with_(filter=settings))
     print(f"wrote {args.model_out}", file=sys.stderr)
     return 0
 

@@ -38,7 +38,6 @@ from oid_retinanet.predict.inference import (  # noqa: E402
     FAILURES_FILE,
     image_id,
     list_images,
-    model_backbone,
     model_num_classes,
     predict_images,
     shard,
@@ -203,13 +202,36 @@ def test_model_error_keeps_finished_work(env, model, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- script
-def test_model_facts_and_default_labels(model):
-    assert (model_backbone(model), model_num_classes(model)) == ("resnet50", 7)
-    args = script.parse_args(["--from-cache", "--cache-dir", "x"])
-    released = script._labels(args, 443, "x")
+def test_model_facts_and_default_labels(env, model, tmp_path):
+    """A keras-retinanet .h5 has no card: its facts are derived (backbone, class count; the backbone's sides), its
+    classes must be named by a flag, a sidecar card or the released list of its class count."""
+    from oid_retinanet.model.backbones import backbone_of_model
+    from oid_retinanet.model.card import ModelCard, write_sidecar
+    from oid_retinanet.predict.resolve import _classes, resolve_model
+
+    assert (backbone_of_model(model), model_num_classes(model)) == ("resnet50", 7)
+    weights = tmp_path / "model.h5"
+    shutil.copyfile(env["inference"], weights)
+    with pytest.raises(Exception, match="no released class list has 7 classes.*--labels"):
+        resolve_model(str(weights))
+    resolved = resolve_model(str(weights), labels=str(env["labels"]))
+    assert resolved.labels.mids == tuple(f"/m/0cls{i}" for i in range(7)) and resolved.sides == (768, 1024)
+    assert resolved.card.is_assumed("sides") and not resolved.card.is_assumed("anchors")  # an inference .h5
+    with pytest.raises(Exception, match="6 classes, but the model has 7"):
+        resolve_model(str(weights), labels=str(_write(tmp_path / "six.csv", 6)))
+    # a sidecar card names the classes and sides; a flag still overrides the sides
+    write_sidecar(weights, resolved.card.with_(min_side=128, max_side=160))
+    beside = resolve_model(str(weights))
+    assert beside.labels.mids == resolved.labels.mids and beside.sides == (128, 160)
+    assert resolve_model(str(weights), min_side=100).sides == (100, 160)
+    released = _classes(ModelCard("resnet50", 443), None, None, required=True)
     assert len(released) == 443 and all(m.startswith("/m/") for m in released.mids)
-    with pytest.raises(Exception, match="no released class list has 7 classes"):
-        script._labels(args, 7, "x")
+    assert _classes(ModelCard("resnet50", 7), None, None, required=False) is None
+
+
+def _write(path: Path, n: int) -> Path:
+    path.write_text("".join(f"/m/0cls{i},Class {i}\n" for i in range(n)))
+    return path
 
 
 def test_csv_is_the_mirror_merge_of_the_cache(env, clean_run, tmp_path):
@@ -270,7 +292,7 @@ def test_cache_folder_refuses_other_settings(env, clean_run, tmp_path, capsys):
         assert script.main(weights + base + extra) == 2
         out = capsys.readouterr().err
         err = [line for line in out.splitlines() if line.startswith("error:")]
-        assert len(err) == 1 and "Traceback" not in out and "predict" not in out.split("error:")[0], out
+        assert len(err) == 1 and "Traceback" not in out and "to predict" not in out.split("error:")[0], out
         assert str(cache / "settings.json") in err[0] and "--overwrite-cache" in err[0], err
         assert all(d in err[0] for d in diffs) and err[0].count(" -> ") == len(diffs), err
         assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before and not (tmp_path / "o.csv").exists()

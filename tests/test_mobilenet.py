@@ -31,13 +31,12 @@ def test_caffe_input_becomes_tf_mode():
 
 
 def test_names_and_layers(model):
-    from oid_retinanet.model.retinanet import is_backbone_layer
-    from oid_retinanet.predict.inference import model_backbone
+    from oid_retinanet.model.backbones import backbone_of_model, is_backbone_layer
 
     assert mobilenet.parse_mobilenet("mobilenet224_0.5") == 0.5
     with pytest.raises(ValueError, match="unknown MobileNet"):
         mobilenet.parse_mobilenet("mobilenet100_0.5")
-    assert model_backbone(model) == "mobilenet224_0.25"
+    assert backbone_of_model(model) == "mobilenet224_0.25"
     heads = [layer.name for layer in model.layers if not is_backbone_layer(layer.name)]
     assert "conv_pw_13" not in heads and "P3" in heads and "classification_submodel" in heads
     assert all(not is_backbone_layer(n) for n in ("P3", "C5_reduced", "regression", "classification"))

@@ -558,9 +558,9 @@ def test_model_files_come_from_flags_environment_or_the_demo(tmp_path, monkeypat
     summary = tmp_path / "demo_output" / "summary.json"
     summary.parent.mkdir()
     (summary.parent / "model.keras").write_bytes(b"")
-    summary.write_text(json.dumps({"stages": [], "serve_weights": "model.keras", "serve_labels": "/abs/labels.csv"}))
+    summary.write_text(json.dumps({"stages": [], "serve_weights": "model.keras"}))
     resolve = serve_main.resolve_model_files
-    assert resolve(None, None, summary) == (str(summary.parent / "model.keras"), "/abs/labels.csv", str(summary))
+    assert resolve(None, None, summary) == (str(summary.parent / "model.keras"), None, str(summary))
     assert resolve("w.h5", None, summary) == ("w.h5", None, "--weights")
     monkeypatch.setenv("OID_SERVE_WEIGHTS", "env.h5")
     monkeypatch.setenv("OID_SERVE_LABELS", "env.csv")
@@ -580,21 +580,23 @@ def test_without_a_model_the_server_says_what_to_do(tmp_path, monkeypatch, capsy
 
 
 def test_python_m_serve_serves_the_demo_model(server, photo, tmp_path):
-    """`python -m oid_retinanet.serve --no-warmup` on a saved model named by a demo summary, port from PORT: the same
-    answer as the in-process server for the same weights; Ctrl-C stops it cleanly."""
+    """`python -m oid_retinanet.serve --no-warmup` on a saved model named by a demo summary, port from PORT, its
+    classes and sides from the model's card (no flag): the same answer as the in-process server for the same
+    weights; Ctrl-C stops it cleanly."""
+    from oid_retinanet.model.card import ModelCard, save_model
+
     _, data = photo
-    tiny_model().save(tmp_path / "tiny.keras")
-    (tmp_path / "labels.csv").write_text("".join(f"{m},{n}\n" for m, n in zip(LABELS.mids, LABELS.names)))
+    save_model(tiny_model(), tmp_path / "tiny.keras", ModelCard("resnet50", len(LABELS), classes=zip(
+        LABELS.mids, LABELS.names), min_side=SIDES[0], max_side=SIDES[1]))
     summary = tmp_path / "summary.json"
-    summary.write_text(json.dumps({"serve_weights": str(tmp_path / "tiny.keras"),
-                                   "serve_labels": str(tmp_path / "labels.csv")}))
+    summary.write_text(json.dumps({"serve_weights": str(tmp_path / "tiny.keras")}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("OID_SERVE_WEIGHTS", "OID_SERVE_LABELS")}
     env["PORT"] = str(port)
-    proc = subprocess.Popen([sys.executable, "-m", "oid_retinanet.serve", "--demo-summary", str(summary), "--no-warmup",
-                             "--min-side", str(SIDES[0]), "--max-side", str(SIDES[1])], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "oid_retinanet.serve", "--demo-summary", str(summary), "--no-warmup"],
+                            cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -608,7 +610,7 @@ def test_python_m_serve_serves_the_demo_model(server, photo, tmp_path):
                 time.sleep(0.2)
         health = json.loads(text)
         assert status == 200 and health["model"]["name"] == "tiny.keras" and health["model"]["classes"] == 3
-        assert health["model"]["labels"] == "labels.csv"  # names, never the server's paths
+        assert health["model"]["labels"] == "tiny.keras (its card)"  # names, never the server's paths
         # DNS rebinding: a Host that is not the bound address or a loopback name is refused
         for host, expected in ((f"localhost:{port}", 200), (f"127.0.0.1:{port}", 200), ("evil.example", 400),
                                (f"evil.example:{port}", 400), ("", 400)):

@@ -9,8 +9,9 @@ the ensembled predictions.
 
 Writes everything under demo_output/ (or --output-dir) and demo_output/summary.json: each stage's command,
 output files and seconds, the three mAPs (`level1_map`, `expanded_map`, `ensemble_map`) and the model the web
-demo serves by default (`serve_weights`, `serve_labels`, `serve_sides`). --quick: a smaller dataset and a few
-training steps, to check that every stage runs (its mAPs mean nothing).
+demo serves by default (`serve_weights`). Stage 4 and the web demo take the model's classes and sides from its
+card, with no flag. --quick: a smaller dataset and a few training steps, to check that every stage runs (its
+mAPs mean nothing).
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ def _stages(data: Path, out: Path, plan: Plan) -> list[Stage]:
                                       str(data), "--output-path", str(levels), "--subsets", "train", "validation",
                                       "test"], levels),
     ]
-    sides = ["--min-side", str(plan.min_side), "--max-side", str(plan.max_side)]
     for seed in plan.seeds:
         name = f"model_{seed}"
         snapshots = models / f"snapshots_{seed}"
@@ -93,7 +93,7 @@ def _stages(data: Path, out: Path, plan: Plan) -> list[Stage]:
                 str(snapshots / f"{plan.backbone}_oid_level_1_{plan.epochs:02d}.keras"), str(inference)], inference),
             Stage(f"4. predict the validation images with model {seed} (flip TTA)", [
                 "retinanet_inference_example.py", "--weights", str(inference), "--images", str(data / "validation"),
-                "--labels", str(snapshots / "classes.csv"), *sides, "--cache-dir", str(out / f"cache_{name}"),
+                "--cache-dir", str(out / f"cache_{name}"),
                 "--output", str(subm / f"{name}_level_1.csv"), "--visualize", str(plan.visualize)],
                 subm / f"{name}_level_1.csv"),
             Stage(f"5. add parent classes to model {seed}'s predictions", [
@@ -194,8 +194,6 @@ def main(argv: list[str] | None = None) -> int:
 
     first = f"model_{plan.seeds[0]}"
     summary["serve_weights"] = str(out / "models" / f"demo_{first}_inference.keras")
-    summary["serve_labels"] = str(out / "models" / f"snapshots_{plan.seeds[0]}" / "classes.csv")
-    summary["serve_sides"] = [plan.min_side, plan.max_side]
     summary["visualized"] = sorted(str(p) for p in (out / f"cache_{first}" / "visualize").glob("*"))
     summary["seconds"] = round(time.perf_counter() - started, 1)
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]

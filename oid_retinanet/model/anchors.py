@@ -41,6 +41,11 @@ class AnchorParameters:
             raise ValueError(f"anchor sizes {self.sizes}, strides {self.strides} and pyramid levels "
                              f"{self.pyramid_levels} must have the same length")
 
+    def describe(self) -> str:
+        """The parameters in words, for messages."""
+        return (f"sizes {list(self.sizes)} strides {list(self.strides)} ratios {[round(r, 4) for r in self.ratios]} "
+                f"scales {[round(s, 4) for s in self.scales]}")
+
     @property
     def num_anchors(self) -> int:
         """Anchors per feature-map location (len(ratios) * len(scales))."""
@@ -48,6 +53,54 @@ class AnchorParameters:
 
 
 DEFAULT_ANCHOR_PARAMS = AnchorParameters()
+
+
+def read_anchor_config(path: str) -> AnchorParameters:
+    """keras-retinanet's `--config FILE` (config.ini): `[anchor_parameters]` with `sizes`, `strides`, `ratios` and
+    `scales`, space-separated, and optionally `[pyramid_levels]` `P` (default: log2 of each stride). Ratios and
+    scales are rounded to float32, as keras-retinanet stores them. OIDInputError naming the file and key."""
+    import configparser
+
+    from oid_retinanet.errors import OIDInputError
+
+    config = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as f:
+            config.read_file(f)
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise OIDInputError(f"not a keras-retinanet config.ini ({' '.join(str(exc).split())})", path) from None
+    if "anchor_parameters" not in config:
+        raise OIDInputError("no [anchor_parameters] section", path)
+    section = config["anchor_parameters"]
+    unknown = set(section) - {"sizes", "strides", "ratios", "scales"}
+    if unknown:
+        raise OIDInputError(f"[anchor_parameters]: unknown keys {', '.join(sorted(unknown))} (sizes, strides, ratios, "
+                            "scales)", path)
+
+    def values(sect: str, key: str, kind):
+        if key not in config[sect]:
+            raise OIDInputError(f"[{sect}] has no '{key}'", path)
+        try:
+            out = tuple(kind(v) for v in config[sect][key].split())
+        except ValueError:
+            raise OIDInputError(f"[{sect}] {key} = {config[sect][key]!r}: not {kind.__name__} values", path) from None
+        if not out or any(v <= 0 for v in out):
+            raise OIDInputError(f"[{sect}] {key} = {config[sect][key]!r}: expected positive values", path)
+        return out
+
+    sizes, strides = values("anchor_parameters", "sizes", int), values("anchor_parameters", "strides", int)
+    ratios = tuple(float(v) for v in np.array(values("anchor_parameters", "ratios", float), np.float32))
+    scales = tuple(float(v) for v in np.array(values("anchor_parameters", "scales", float), np.float32))
+    if "pyramid_levels" in config:
+        levels = values("pyramid_levels", "P", int)
+    elif all(s & (s - 1) == 0 for s in strides):
+        levels = tuple(s.bit_length() - 1 for s in strides)
+    else:
+        raise OIDInputError(f"strides {list(strides)} are not powers of 2: give [pyramid_levels] P", path)
+    try:
+        return AnchorParameters(sizes, strides, ratios, scales, levels)
+    except ValueError as exc:
+        raise OIDInputError(str(exc), path) from None
 
 
 def generate_anchors(base_size: float, ratios=RATIOS, scales=SCALES) -> np.ndarray:

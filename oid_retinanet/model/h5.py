@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from oid_retinanet.errors import OIDInputError
+from oid_retinanet.model import backbones
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters
 from oid_retinanet.model.decode import BOX_MEAN, BOX_STD
 from oid_retinanet.model.filter_detections import (
@@ -38,15 +39,7 @@ from oid_retinanet.model.filter_detections import (
     NMS_THRESHOLD,
     SCORE_THRESHOLD,
 )
-from oid_retinanet.model.mobilenet import ALPHAS
-from oid_retinanet.model.resnet import (
-    BLOCKS,
-    CONV1_SAME,
-    CONV1_ZERO_PADDING,
-    backbone_name,
-    blocks_per_stage,
-    depth_of_blocks,
-)
+from oid_retinanet.model.resnet import CONV1_SAME, CONV1_ZERO_PADDING
 from oid_retinanet.model.retinanet import DTYPE_POLICY, retinanet, retinanet_bbox
 
 log = logging.getLogger(__name__)
@@ -217,22 +210,12 @@ def _weight_keys(group_name: str, entries: dict[tuple[str, str], tuple]) -> dict
 
 
 def _backbone_of(layer_names: list[str], groups: dict, path: str) -> str:
-    """The backbone a file's layers make: a ResNet by its residual blocks per stage, or keras-retinanet's
-    MobileNet (keras.applications' layer names; its width alpha from conv1's 32 * alpha filters; the resolution
-    in its name does not change the network, so 224 is named)."""
-    if "conv_pw_13" in layer_names and "conv1" in groups:
-        filters = groups["conv1"].get("kernel", (None, (0,)))[1][-1]
-        alpha = next((a for a in ALPHAS if round(32 * float(a)) == filters), None)
-        if alpha is None:
-            raise OIDInputError(f"a MobileNet whose conv1 has {filters} filters: not one of keras-retinanet's widths "
-                                f"{', '.join(ALPHAS)} (32 x alpha filters)", path=path)
-        return f"mobilenet224_{alpha}"
-    blocks = blocks_per_stage(layer_names)
-    depth = depth_of_blocks(blocks)
-    if depth is None:
-        raise OIDInputError(f"not a keras-retinanet ResNet50/101/152 or MobileNet model: residual blocks per stage "
-                            f"{blocks} (expected one of {sorted(BLOCKS.values())})", path=path)
-    return backbone_name(depth)
+    """The backbone a file's layers make (model/backbones.py recognises each family by its layer names)."""
+    conv1 = groups.get("conv1", {}).get("kernel")
+    try:
+        return backbones.detect(layer_names, conv1[1][-1] if conv1 else None)
+    except ValueError as exc:
+        raise OIDInputError(str(exc), path=path) from None
 
 
 def inspect_h5(path: str | Path) -> H5ModelInfo:

@@ -86,3 +86,21 @@ def feature_shapes(image_shape, pyramid_levels=(3, 4, 5, 6, 7)) -> list[tuple[in
         per_level[7] = -(-per_level[6] // 2)
         sizes.append(per_level)
     return [(sizes[0][p], sizes[1][p]) for p in pyramid_levels]
+
+
+# The backbone registry's interface (model/backbones.py).
+def features(inputs, backbone: str, conv1: str = "", winograd: int = 0) -> dict[str, object]:
+    """C3..C5 of the MobileNet named `backbone` on `inputs` (conv1 and winograd are the ResNets' options)."""
+    return mobilenet_features(inputs, parse_mobilenet(backbone))
+
+
+def detect(layer_names: set[str], conv1_filters: int | None) -> tuple[str | None, str]:
+    """(name, '') when the layers are keras.applications' MobileNet (its width alpha from conv1's 32 * alpha
+    filters; the resolution in the name does not change the network, so 224 is named), else (None, why)."""
+    if "conv_pw_13" not in layer_names:
+        return None, ""
+    alpha = next((a for a in ALPHAS if conv1_filters is not None and round(32 * float(a)) == conv1_filters), None)
+    if alpha is None:
+        return None, (f"a MobileNet whose conv1 has {conv1_filters} filters: not one of keras-retinanet's widths "
+                      f"{', '.join(ALPHAS)} (32 x alpha filters)")
+    return f"mobilenet224_{alpha}", ""

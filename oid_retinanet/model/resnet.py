@@ -159,3 +159,22 @@ _BACKBONE_LAYER = re.compile(r"^(padding_conv1|conv1|bn_conv1|conv1_relu|pool1"
 def is_backbone_layer(name: str) -> bool:
     """Whether a layer of our RetinaNet belongs to the ResNet (what --freeze-backbone freezes)."""
     return bool(_BACKBONE_LAYER.match(name))
+
+
+# The backbone registry's interface (model/backbones.py).
+from oid_retinanet.model.anchors import feature_shapes  # noqa: E402,F401  (ceil(side / 2^level) per level)
+
+
+def features(inputs, backbone: str, conv1: str = CONV1_SAME, winograd: int = 0) -> dict[str, object]:
+    """C2..C5 of the ResNet named `backbone` ('resnet50', ...) on `inputs`."""
+    return resnet_features(inputs, depth=parse_backbone(backbone), conv1=conv1, winograd=winograd)
+
+
+def detect(layer_names: set[str], conv1_filters: int | None) -> tuple[str | None, str]:
+    """(name, '') when the layers are a keras-resnet ResNet's, else (None, what was found): counted residual
+    blocks per stage."""
+    blocks = blocks_per_stage(layer_names)
+    depth = depth_of_blocks(blocks)
+    if depth is None:
+        return None, f"residual blocks per stage {blocks} (a ResNet has one of {sorted(BLOCKS.values())})"
+    return backbone_name(depth), ""

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import keras
 
-from oid_retinanet.model import torch_layout  # noqa: F401  (on torch: convolutions without a copy of their input)
+from oid_retinanet.model import (
+    backbones,
+    torch_layout,  # noqa: F401  (on torch: convolutions without a copy of their input)
+)
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters, Anchors
 from oid_retinanet.model.decode import BOX_MEAN, BOX_STD, ClipBoxes, RegressBoxes
 from oid_retinanet.model.filter_detections import (
@@ -24,8 +27,7 @@ from oid_retinanet.model.filter_detections import (
 )
 from oid_retinanet.model.fpn import FEATURE_SIZE, feature_pyramid
 from oid_retinanet.model.heads import PRIOR_PROBABILITY, classification_submodel, regression_submodel
-from oid_retinanet.model.mobilenet import is_mobilenet, mobilenet_features, parse_mobilenet
-from oid_retinanet.model.resnet import CONV1_SAME, parse_backbone, resnet_features
+from oid_retinanet.model.resnet import CONV1_SAME
 from oid_retinanet.model.winograd import MATRICES, default_tile
 
 TRAINING_NAME = "retinanet"
@@ -34,14 +36,15 @@ INPUT_NAME = "input_1"
 DTYPE_POLICY = "float32"
 
 
-def retinanet(num_classes: int, backbone: str | int = "resnet50", conv1: str = CONV1_SAME,
+def retinanet(num_classes: int, backbone: str = "resnet50", conv1: str = CONV1_SAME,
               anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS, feature_size: int = FEATURE_SIZE,
               prior_probability: float = PRIOR_PROBABILITY, input_shape=(None, None, 3),
               dtype_policy: str = DTYPE_POLICY, winograd: int | None = None,
               name: str = TRAINING_NAME) -> keras.Model:
     """The training model: ResNet (or MobileNet) backbone, FPN, shared regression and classification heads.
 
-    backbone: 'resnet50' / 'resnet101' / 'resnet152', or a MobileNet ('mobilenet224_1.0', see mobilenet.py).
+    backbone: a name of the registry (model/backbones.py): 'resnet50' / 'resnet101' / 'resnet152', or a MobileNet
+    ('mobilenet224_1.0', see mobilenet.py).
     conv1 (ResNets): 'same' (keras-resnet 0.2.0) or 'zero_padding' (0.1.0, the 2018 releases).
     dtype_policy: 'float32' (exact) or a Keras mixed policy such as 'mixed_bfloat16' (variables stay float32,
     so the same weights load; outputs are then bfloat16).
@@ -73,10 +76,7 @@ def _retinanet(num_classes, backbone, conv1, anchor_params, feature_size, prior_
     if not {3, 4, 5} <= set(levels) or not set(levels) <= {3, 4, 5, 6, 7}:
         raise ValueError(f"pyramid levels must include 3, 4 and 5 and lie in 3..7, got {levels}")
     inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
-    if is_mobilenet(backbone):
-        c = mobilenet_features(inputs, parse_mobilenet(backbone))
-    else:
-        c = resnet_features(inputs, depth=parse_backbone(backbone), conv1=conv1, winograd=winograd)
+    c = backbones.features(inputs, backbone, conv1=conv1, winograd=winograd)
     p = feature_pyramid(c["C3"], c["C4"], c["C5"], feature_size=feature_size, pyramid_levels=levels,
                         winograd=winograd)
     features = [p[f"P{level}"] for level in levels]
@@ -90,21 +90,6 @@ def _retinanet(num_classes, backbone, conv1, anchor_params, feature_size, prior_
     outputs = [keras.layers.Concatenate(axis=1, name=head_name)([head(f) for f in features])
                for head_name, head in heads]
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
-
-
-def backbone_feature_shapes(backbone: str):
-    """The function giving the pyramid's feature map sizes of `backbone` (for the anchors of training targets)."""
-    from oid_retinanet.model import anchors, mobilenet
-
-    return mobilenet.feature_shapes if is_mobilenet(backbone) else anchors.feature_shapes
-
-
-def is_backbone_layer(name: str) -> bool:
-    """Whether a layer of a RetinaNet belongs to its backbone (ResNet or MobileNet): what --freeze-backbone
-    freezes."""
-    from oid_retinanet.model import mobilenet, resnet
-
-    return resnet.is_backbone_layer(name) or mobilenet.is_backbone_layer(name)
 
 
 def retinanet_bbox(model: keras.Model, nms: bool = NMS, class_specific_filter: bool = CLASS_SPECIFIC_FILTER,
@@ -165,3 +150,27 @@ def training_model_of(model: keras.Model) -> keras.Model:
     regression = model.get_layer("regression").output
     classification = model.get_layer("classification").output
     return keras.Model(inputs=model.input, outputs=[regression, classification], name=TRAINING_NAME)
+
+
+def inference_settings(model: keras.Model) -> dict:
+    """The anchors, box decoding and filter an inference model's layers hold, as `retinanet_bbox`'s arguments and
+    `filter` (its FilterDetections settings); {} for a training model."""
+    by_class = {}
+    for layer in model.layers:
+        by_class.setdefault(type(layer).__name__, []).append(layer)
+    if "FilterDetections" not in by_class:
+        return {}
+    anchors = sorted(by_class.get("Anchors", []), key=lambda layer: int(layer.name.rsplit("_", 1)[-1]))
+    regress = by_class["RegressBoxes"][0].get_config()
+    flt = by_class["FilterDetections"][0].get_config()
+    out = {"box_mean": tuple(float(v) for v in regress["mean"]), "box_std": tuple(float(v) for v in regress["std"]),
+           "filter": {k: flt[k] for k in ("nms", "class_specific_filter", "nms_threshold", "score_threshold",
+                                          "max_detections")}}
+    if anchors:
+        first = anchors[0].get_config()
+        out["anchors"] = AnchorParameters(
+            sizes=tuple(int(a.get_config()["size"]) for a in anchors),
+            strides=tuple(int(a.get_config()["stride"]) for a in anchors),
+            ratios=tuple(float(r) for r in first["ratios"]), scales=tuple(float(s) for s in first["scales"]),
+            pyramid_levels=tuple(int(a.get_config()["stride"]).bit_length() - 1 for a in anchors))
+    return out

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path
 from oid_retinanet.oid.annotations import BOX_COLUMNS, negative_rows
-from oid_retinanet.oid.classes import ClassList, read_class_descriptions, write_class_descriptions
+from oid_retinanet.oid.classes import ClassList, write_class_descriptions
 from oid_retinanet.oid.hierarchy import Hierarchy
 from oid_retinanet.resources import resource_path
 
@@ -130,25 +130,6 @@ def released_class_list(num_classes: int, classes: ClassList) -> tuple[tuple[str
         raise OIDInputError(f"no released class list has {num_classes} classes (443: 2018 level 1, 500: 2019); "
                             f"give the model's class list")
     return tuple((classes.mid(n), n) for n in names)
-
-
-def model_class_list(labels_csv: str | None, num_classes: int | None, class_descriptions_csv: str) -> ClassList:
-    """A model's classes in output order: `labels_csv` (MID,DisplayName per line), or else the released models'
-    list for its class count (443 or 500; names through the v4 list `class_descriptions_csv`). The count must
-    match the model's when it is known."""
-    if labels_csv:
-        labels = read_class_descriptions(labels_csv)
-    elif num_classes is None:
-        raise OIDInputError("the model's class list is needed (--labels)")
-    else:
-        try:
-            rows = released_class_list(num_classes, read_class_descriptions(class_descriptions_csv))
-        except OIDInputError as exc:
-            raise OIDInputError(f"{exc}: pass it with --labels") from None
-        labels = ClassList(tuple(m for m, _ in rows), tuple(n for _, n in rows), source="released class list")
-    if num_classes is not None and len(labels) != num_classes:
-        raise OIDInputError(f"{len(labels)} classes, but the model has {num_classes}", labels.source)
-    return labels
 
 
 def levels_2019(classes: ClassList | None = None) -> dict[str, LevelSpec]:

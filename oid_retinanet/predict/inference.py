@@ -40,8 +40,6 @@ from oid_retinanet.predict.cache import FAILURES_FILE, cache_file, read_cache, w
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# The original's sides per backbone (ResNet50 had no branch there; the README's release table gives 768-1024).
-DEFAULT_SIDES = {"resnet50": (768, 1024), "resnet101": (768, 1024), "resnet152": (600, 800)}
 VISUALIZE_SCORE_THR = 0.3  # the original's show_image_debug
 
 
@@ -158,21 +156,6 @@ def predict_batch(model, x: np.ndarray, flip: bool = True) -> tuple[np.ndarray, 
             labels.reshape(n, rows, *labels.shape[1:]))
 
 
-def model_backbone(model) -> str:
-    """'resnet50', 'resnet101', 'resnet152' or 'mobilenet224_<alpha>' of a loaded RetinaNet model, from its layers."""
-    from oid_retinanet.model.resnet import blocks_per_stage, depth_of_blocks
-
-    names = {layer.name for layer in model.layers}
-    if "conv_pw_13" in names:  # keras.applications' MobileNet; conv1 has 32 * alpha filters
-        alpha = model.get_layer("conv1").kernel.shape[-1] / 32
-        return f"mobilenet224_{alpha:g}" if alpha != 1 else "mobilenet224_1.0"
-    blocks = blocks_per_stage(names)
-    depth = depth_of_blocks(blocks)
-    if depth is None:
-        raise ValueError(f"not a ResNet50/101/152 or MobileNet RetinaNet: residual blocks per stage {blocks}")
-    return f"resnet{depth}"
-
-
 def filter_settings(model) -> dict:
     """The detection filter of an inference model (FilterDetections' settings: thresholds, limit, NMS), which
     decides what its cache files hold."""
@@ -184,11 +167,6 @@ def filter_settings(model) -> dict:
     config = layer.get_config()
     return {k: config[k] for k in ("nms", "class_specific_filter", "nms_threshold", "score_threshold",
                                    "max_detections") if k in config}
-
-
-def default_sides(backbone: str) -> tuple[int, int]:
-    """(min_side, max_side) the original used for a backbone; keras-retinanet's 800/1333 for the others."""
-    return DEFAULT_SIDES.get(backbone, (800, 1333))
 
 
 def model_num_classes(model) -> int:

@@ -2,10 +2,10 @@
 
 The model is --weights (a keras-retinanet .h5, training or converted, or one of ours, .keras), else the
 environment variable OID_SERVE_WEIGHTS, else the model `make demo` trained (`serve_weights` in
-demo_output/summary.json). Its classes are --labels / OID_SERVE_LABELS (MID,DisplayName per line in output
-order), else the demo's `serve_labels` when serving the demo's model, else the released models' list for 443
-or 500 classes. Images are resized as stage 4 resizes them (--min-side/--max-side, default from the backbone
-as in retinanet_inference_example.py) and the parent classes come from stage 5's expansion (the 2018 rule,
+demo_output/summary.json). Its classes, image sides and anchors are those of its card, as stage 4 resolves them
+(predict/resolve.py): --labels / OID_SERVE_LABELS (MID,DisplayName per line in output order), --min-side /
+--max-side and --config override it; a model without a card gets the released models' list for 443 or 500
+classes and its backbone's sides. The parent classes come from stage 5's expansion (the 2018 rule,
 or --corrected-parents). The model is loaded once; requests queue for it, and those of the same input shape
 share a model call.
 """
@@ -61,9 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, help=f"port (default: PORT, else {DEFAULT_PORT})")
     p.add_argument("--min-side", type=positive_int,
-                   help="resize: short side (default: the backbone's in stage 4: 768 for resnet50/101, 600 for 152)")
+                   help="resize: short side (default: the model card's, else the backbone's: 768 for resnet50/101, "
+                        "600 for 152)")
     p.add_argument("--max-side", type=positive_int,
-                   help="resize: long side at most (default: the backbone's: 1024 for resnet50/101, 800 for 152)")
+                   help="resize: long side at most (default: the model card's, else the backbone's: 1024 for "
+                        "resnet50/101, 800 for 152)")
+    p.add_argument("--config", metavar="FILE",
+                   help="keras-retinanet's config.ini with the model's anchors (only for a model without a card)")
     p.add_argument("--corrected-parents", action="store_true",
                    help="parent classes keyed by MID, IoU without the '+1' (stage 5's --corrected)")
     p.add_argument("--skip-box-thr", type=fraction, default=MIRROR_DEFAULTS["skip_box_thr"],
@@ -97,19 +101,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def demo_sides(summary_path: str | os.PathLike) -> tuple[int, int] | None:
-    """The image sides the demo's model was trained at (`serve_sides` of its summary.json), if it says."""
-    try:
-        sides = json.loads(Path(summary_path).read_text(encoding="utf-8")).get("serve_sides")
-        return int(sides[0]), int(sides[1])
-    except (OSError, ValueError, TypeError, IndexError, AttributeError):
-        return None
-
-
 def resolve_model_files(weights: str | None, labels: str | None, summary_path: str | os.PathLike
                         ) -> tuple[str, str | None, str]:
     """(weights, labels or None, where they came from): the flags, else OID_SERVE_WEIGHTS / OID_SERVE_LABELS,
-    else `serve_weights` / `serve_labels` of the demo's summary.json. Raises OIDInputError when there is none.
+    else `serve_weights` of the demo's summary.json (whose card names its classes). OIDInputError when there is none.
 
     Relative paths in the summary are taken from the current folder, else from the summary's folder.
     """
@@ -134,9 +129,7 @@ def resolve_model_files(weights: str | None, labels: str | None, summary_path: s
             return path
         return str(summary_path.parent / path)
 
-    demo_labels = summary.get("serve_labels")
-    return (located(summary["serve_weights"]), labels or (located(demo_labels) if demo_labels else None),
-            str(summary_path))
+    return located(summary["serve_weights"]), labels, str(summary_path)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -168,31 +161,26 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from oid_retinanet.model import h5
-    from oid_retinanet.predict.inference import default_sides, model_backbone, model_num_classes
+    from oid_retinanet.model.anchors import read_anchor_config
+    from oid_retinanet.predict.resolve import resolve_model
     from oid_retinanet.serve.app import JSONRefusalsH11Protocol, Limits, allowed_hosts, create_app
     from oid_retinanet.serve.service import (
         DetectionService,
         MergeSettings,
         ModelInfo,
         load_parent_expansion,
-        model_labels,
     )
 
     log.info("loading %s (from %s)", weights, source)
-    model = h5.load_model(weights, inference=True)
-    backbone, num_classes = model_backbone(model), model_num_classes(model)
-    labels = model_labels(labels_csv, num_classes, C.CLASS_DESCRIPTIONS_CSV)
-    min_side, max_side = default_sides(backbone)
-    if source == str(args.demo_summary):  # the demo's model: the sides it was trained at
-        min_side, max_side = demo_sides(args.demo_summary) or (min_side, max_side)
-    min_side, max_side = args.min_side or min_side, args.max_side or max_side
+    resolved = resolve_model(weights, labels=labels_csv, min_side=args.min_side, max_side=args.max_side,
+                             anchors=read_anchor_config(args.config) if args.config else None, config=args.config)
+    model, labels = resolved.load(), resolved.labels
+    backbone, (min_side, max_side) = resolved.card.backbone, resolved.sides
     parents = load_parent_expansion(labels, C.CLASS_DESCRIPTIONS_500_CSV, C.HIERARCHY_JSON, C.CLASS_DESCRIPTIONS_CSV,
                                     corrected=args.corrected_parents)
     info = ModelInfo(Path(weights).name, backbone, min_side, max_side, labels.source)
     service = DetectionService(model, labels, info, parents, MergeSettings(skip_box_thr=args.skip_box_thr),
                                max_batch=args.max_batch)
-    log.info("%s: %s, %d classes, sides %d/%d", weights, backbone, num_classes, min_side, max_side)
     service.start(warmup=args.warmup)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
                     max_pending=args.max_pending, decode_workers=args.decode_workers,

@@ -34,7 +34,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from oid_retinanet.data.preprocess import pil_to_bgr, prepare_image, resized_shape
-from oid_retinanet.errors import OIDInputError
 from oid_retinanet.oid.classes import ClassList, read_class_descriptions
 from oid_retinanet.oid.predictions import (
     PredictionBlock,
@@ -141,16 +140,6 @@ def prepare_upload(data: bytes, min_side: int, max_side: int, max_pixels: int = 
 
 # ----------------------------------------------------------------------------------------------------------
 # Class lists and the parent classes
-
-
-def model_labels(labels_csv: str | None, num_classes: int, class_descriptions_csv: str) -> ClassList:
-    """The model's classes, in output order (see `oid.levels.model_class_list`)."""
-    from oid_retinanet.oid.levels import model_class_list
-
-    try:
-        return model_class_list(labels_csv, num_classes, class_descriptions_csv)
-    except OIDInputError as exc:
-        raise OIDInputError(str(exc).replace("--labels", "--labels (or OID_SERVE_LABELS)")) from None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import numpy as np
 from oid_retinanet.data.generator import OpenImagesGenerator
 from oid_retinanet.evaluate.callback import MeanAPCallback
 from oid_retinanet.evaluate.oid_map import EvalClasses, GroundTruth, ground_truth_from_frames
-from oid_retinanet.files import atomic_path
+from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters
+from oid_retinanet.model.card import ModelCard, save_model
 from oid_retinanet.model.retinanet import retinanet_bbox
 from oid_retinanet.oid.predictions import ImagePredictions
 
@@ -51,12 +52,15 @@ class Snapshot(keras.callbacks.Callback):
     """Save the whole training model (weights, optimizer state, compile settings) after every `every`-th epoch
     and after the last one.
 
-    Written under a temporary name and renamed, so a run killed while saving leaves no half snapshot. keep > 0:
-    after each save, only the `keep` newest snapshots of this backbone and level stay in the folder.
+    Written under a temporary name and renamed, so a run killed while saving leaves no half snapshot. card: the
+    model card stored inside each snapshot (with the epoch in its `training`). keep > 0: after each save, only
+    the `keep` newest snapshots of this backbone and level stay in the folder.
     """
 
-    def __init__(self, folder: str | os.PathLike, backbone: str, level: str, keep: int = 0, every: int = 1) -> None:
+    def __init__(self, folder: str | os.PathLike, backbone: str, level: str, keep: int = 0, every: int = 1,
+                 card: ModelCard | None = None) -> None:
         super().__init__()
+        self.card = card
         self.folder = Path(folder)
         self.backbone = backbone
         self.level = level
@@ -68,8 +72,8 @@ class Snapshot(keras.callbacks.Callback):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / snapshot_name(self.backbone, self.level, epoch + 1)
-        with atomic_path(final, suffix=SNAPSHOT_SUFFIX) as tmp:
-            self.model.save(tmp)
+        card = self.card.with_(training={**self.card.training, "epoch": epoch + 1}) if self.card else None
+        save_model(self.model, final, card)
         log.info("epoch %d: snapshot %s", epoch + 1, final)
         if self.keep > 0:
             for _, old in snapshots(self.folder, self.backbone, self.level)[:-self.keep]:
@@ -105,9 +109,11 @@ def validation_ground_truth(generator: OpenImagesGenerator) -> GroundTruth:
     return ground_truth_from_frames(rows, None, EvalClasses.from_mids(data.classes.mids, data.classes.names))
 
 
-def predict_generator(generator: OpenImagesGenerator, model: keras.Model) -> Iterator[ImagePredictions]:
-    """Detections of the inference model built on `model` for every image of a sequential generator."""
-    prediction_model = retinanet_bbox(model)
+def predict_generator(generator: OpenImagesGenerator, model: keras.Model,
+                      anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS) -> Iterator[ImagePredictions]:
+    """Detections of the inference model built on `model` (with these anchors) for every image of a sequential
+    generator."""
+    prediction_model = retinanet_bbox(model, anchor_params=anchor_params)
     mids = np.asarray(generator.data.classes.mids, dtype=object)
     for group in generator.groups:
         for i in group:
@@ -123,5 +129,6 @@ def evaluation_callback(generator: OpenImagesGenerator, metric: str = "voc", rep
                         **options) -> MeanAPCallback:
     """`logs["mAP"]` on the validation generator after every epoch; the per-class table to `report_path`.
     options: the evaluator's (weighted_average for "voc")."""
-    return MeanAPCallback(lambda model: predict_generator(generator, model), validation_ground_truth(generator),
+    return MeanAPCallback(lambda model: predict_generator(generator, model, generator.config.anchor_params),
+                          validation_ground_truth(generator),
                           metric=metric, report_path=report_path, **options)

@@ -7,7 +7,8 @@ beside them, `OUTPUT_PATH/{train,validation}_image_params.csv`, and the images u
 `DATASET_PATH/{train,validation}/` (flat or one subfolder deep).
 
 Written to --snapshot-path (default MODELS_PATH/snapshots/): a snapshot after every epoch (with --snapshot-every N
-after every N-th and the last: `resnet50_oid_level_1_05.keras`: model, optimizer state and compile settings),
+after every N-th and the last: `resnet50_oid_level_1_05.keras`: model, optimizer state, compile settings and the
+model card: backbone, classes, sides, anchors (--config), training data; model/card.py),
 `training_log.csv` (loss and mAP per epoch, appended across resumed runs), `training_config.json` (the
 resolved settings), `classes.csv` (the model's classes in output order: `--labels` of
 retinanet_inference_example.py) and `mAP_stat_<backbone>.txt` (per-class AP of the last evaluation).
@@ -104,6 +105,9 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
                    help="random rotation, translation, shear, scaling and flips (default: horizontal flips only)")
     p.add_argument("--no-intensity-change", dest="intensity_change", action="store_false",
                    help="no random per-channel intensity change (the original always applied it)")
+    p.add_argument("--config", metavar="FILE",
+                   help="keras-retinanet's config.ini: [anchor_parameters] sizes, strides, ratios, scales (default: "
+                        "keras-retinanet's anchors; recorded in every snapshot's model card)")
     p.add_argument("--image-min-side", type=positive_int, default=min_side, help="(default: %(default)s)")
     p.add_argument("--image-max-side", type=positive_int, default=max_side, help="(default: %(default)s)")
     p.add_argument("--workers", type=positive_int, default=2, help="threads preparing batches (default: %(default)s)")
@@ -147,12 +151,13 @@ def build_parser(backbone: str, min_side: int, max_side: int, description: str,
 
 
 def _backbone(text: str) -> str:
-    from oid_retinanet.model.mobilenet import is_mobilenet
+    from oid_retinanet.model.backbones import family
 
-    if text in ("resnet50", "resnet101", "resnet152") or is_mobilenet(text):
-        return text
-    raise argparse.ArgumentTypeError(f"unknown backbone {text!r}: resnet50, resnet101, resnet152 or "
-                                     "mobilenet<128|160|192|224>_<0.25|0.5|0.75|1.0>")
+    try:
+        family(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def keras_retinanet_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -312,14 +317,15 @@ def compile_model(model, lr: float = LEARNING_RATE, clipnorm: float = CLIPNORM) 
                   optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=clipnorm))
 
 
-def _create_model(args: argparse.Namespace, num_classes: int):
-    """A new compiled training model, initialised as the flags say."""
+def _create_model(args: argparse.Namespace, num_classes: int, anchors):
+    """A new compiled training model with these anchors, initialised as the flags say."""
     from oid_retinanet.model.resnet import CONV1_ZERO_PADDING
     from oid_retinanet.model.retinanet import retinanet
 
     policy = MIXED_POLICIES[args.mixed_precision] if args.mixed_precision else "float32"
     # conv1 as keras-resnet 0.1.0 (the 2018 releases), which is also how the ImageNet weights were trained
-    model = retinanet(num_classes, backbone=args.backbone, conv1=CONV1_ZERO_PADDING, dtype_policy=policy)
+    model = retinanet(num_classes, backbone=args.backbone, conv1=CONV1_ZERO_PADDING, anchor_params=anchors,
+                      dtype_policy=policy)
     if args.weights:
         from oid_retinanet.model.h5 import load_weights_h5
 
@@ -332,7 +338,9 @@ def _create_model(args: argparse.Namespace, num_classes: int):
             report = load_weights_h5(model, args.weights, skip_mismatch=True)
             log.info("%s: %s", args.weights, report)
     elif args.imagenet_weights:
-        if not args.backbone.startswith("resnet"):
+        from oid_retinanet.model.backbones import family
+
+        if not family(args.backbone).imagenet:
             raise OIDInputError(f"--imagenet-weights: only for the ResNets; train {args.backbone} with --no-weights "
                                 "or --weights")
         from oid_retinanet.model.imagenet import fetch_imagenet_weights, load_imagenet_backbone
@@ -341,7 +349,7 @@ def _create_model(args: argparse.Namespace, num_classes: int):
         path = fetch_imagenet_weights(depth, args.imagenet_source, models_path=args.models_path)
         log.info("ImageNet weights: %s", load_imagenet_backbone(model, path))
     if args.freeze_backbone:
-        from oid_retinanet.model.retinanet import is_backbone_layer
+        from oid_retinanet.model.backbones import is_backbone_layer
 
         for layer in model.layers:
             if is_backbone_layer(layer.name):
@@ -365,6 +373,37 @@ def _copy_matching_weights(source, target) -> None:
         elif mine:
             skipped += 1
     log.info("copied weights of %d layers, skipped %d (missing or of another shape)", copied, skipped)
+
+
+def _anchors(args: argparse.Namespace, snapshot: str | None):
+    """The anchors to train with: --config, else the snapshot's card's, else keras-retinanet's. A --config that
+    differs from the snapshot's card is an error naming both."""
+    from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, read_anchor_config
+    from oid_retinanet.model.card import read_card
+
+    given = read_anchor_config(args.config) if args.config else None
+    card = read_card(snapshot) if snapshot else None
+    if card is None or card.is_assumed("anchors"):
+        return given or DEFAULT_ANCHOR_PARAMS
+    if given is not None and given != card.anchors:
+        raise OIDInputError(f"anchors {given.describe()}, but the snapshot was trained with {card.anchors.describe()} "
+                            f"({card.source}): "
+                            "leave --config out to go on with them", args.config)
+    return card.anchors
+
+
+def _card(args: argparse.Namespace, model, classes, anchors, inputs: _Inputs, images: int):
+    """The model card every snapshot of this run carries."""
+    from oid_retinanet.model.card import ModelCard
+    from oid_retinanet.model.resnet import CONV1_SAME, CONV1_ZERO_PADDING
+
+    conv1 = CONV1_ZERO_PADDING if any(layer.name == "padding_conv1" for layer in model.layers) else CONV1_SAME
+    return ModelCard(backbone=args.backbone, num_classes=len(classes), conv1=conv1,
+                     classes=tuple(zip(classes.mids, classes.names)), min_side=args.image_min_side,
+                     max_side=args.image_max_side, anchors=anchors,
+                     training={"level": args.level, "annotations": inputs.annotations["train"],
+                               "class_file": inputs.classes, "images": images, "labels_filter": args.labels_filter,
+                               "seed": args.seed})
 
 
 def _resume_model(path: str, args: argparse.Namespace, num_classes: int):
@@ -448,10 +487,11 @@ def train(args: argparse.Namespace):
 
     train_data = load_level_data(inputs.annotations["train"], inputs.classes, inputs.params["train"],
                                  inputs.images["train"], args.labels_filter)
-    from oid_retinanet.model.retinanet import backbone_feature_shapes
+    anchors = _anchors(args, snapshot)
+    from oid_retinanet.model.backbones import feature_shapes_fn
 
     common = dict(batch_size=args.batch_size, min_side=args.image_min_side, max_side=args.image_max_side,
-                  feature_shapes=backbone_feature_shapes(args.backbone))
+                  feature_shapes=feature_shapes_fn(args.backbone), anchor_params=anchors)
     train_gen = OpenImagesGenerator(train_data, GeneratorConfig(
         **common, steps=args.steps, seed=args.seed, group=args.group,
         transform=RandomTransform.ORIGINAL_FULL if args.random_transform else RandomTransform.FLIP_X,
@@ -465,7 +505,7 @@ def train(args: argparse.Namespace):
             model, initial_epoch = _resume_model(snapshot, args, train_data.num_classes)
             log.info("resuming from %s after epoch %d", snapshot, initial_epoch)
         else:
-            model, initial_epoch = _create_model(args, train_data.num_classes), 0
+            model, initial_epoch = _create_model(args, train_data.num_classes, anchors), 0
     if args.initial_epoch is not None:
         log.info("--initial-epoch %d (the %s said %d)", args.initial_epoch, "snapshot" if snapshot else "start",
                  initial_epoch)
@@ -493,8 +533,9 @@ def train(args: argparse.Namespace):
     os.makedirs(args.snapshot_path, exist_ok=True)
     callbacks.append(cb.TrainingLog(os.path.join(args.snapshot_path, "training_log.csv"), append=True))
     if args.snapshots:
+        card = _card(args, model, train_data.classes, anchors, inputs, len(train_data))
         callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level, keep=args.keep_snapshots,
-                                     every=args.snapshot_every))
+                                     every=args.snapshot_every, card=card))
     _write_config(args, inputs, train_data.num_classes, initial_epoch)
     write_class_descriptions(os.path.join(args.snapshot_path, CLASSES_FILE),
                              zip(train_data.classes.mids, train_data.classes.names))
