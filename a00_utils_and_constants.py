@@ -7,7 +7,9 @@ the output folders they write to. Paths end with '/' as in the original, so `PAT
 
 import os
 
-from oid_retinanet.resources import resource_path
+# Official metadata shipped with the package (see oid_retinanet/resources/PROVENANCE.md); each can be replaced by
+# the environment: OID_CLASS_DESCRIPTIONS, OID_HIERARCHY, OID_CLASS_DESCRIPTIONS_500.
+from oid_retinanet.resources import CLASS_DESCRIPTIONS_500_CSV, CLASS_DESCRIPTIONS_CSV, HIERARCHY_JSON  # noqa: F401
 
 
 def _path(env_name: str, default: str) -> str:
@@ -29,12 +31,6 @@ SUBM_PATH = _path("OID_SUBM_PATH", ROOT_PATH + "subm/")
 # The 2019 tools (labelProcess/) read their class list and hierarchy from here.
 LABEL_PATH = _path("OID_LABEL_PATH", ROOT_PATH + "label/")
 
-# Official metadata shipped with the package (see oid_retinanet/resources/PROVENANCE.md).
-CLASS_DESCRIPTIONS_CSV = os.environ.get("OID_CLASS_DESCRIPTIONS", resource_path("class-descriptions-boxable.csv"))
-HIERARCHY_JSON = os.environ.get("OID_HIERARCHY", resource_path("bbox_labels_600_hierarchy.json"))
-CLASS_DESCRIPTIONS_500_CSV = os.environ.get(
-    "OID_CLASS_DESCRIPTIONS_500", resource_path("challenge-2018-class-descriptions-500.csv")
-)
 # The 2019 challenge files could not be obtained for the package: bring your own.
 CLASS_DESCRIPTIONS_2019_CSV = LABEL_PATH + "challenge-2019-classes-description-500.csv"
 HIERARCHY_2019_JSON = LABEL_PATH + "challenge-2019-label500-hierarchy.json"

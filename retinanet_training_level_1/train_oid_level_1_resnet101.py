@@ -14,13 +14,14 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
+import a00_utils_and_constants as C
 from oid_retinanet.cli import script_main
 from oid_retinanet.train.trainer import TRAINER_DOC, run_script
 
 
 @script_main
 def main(argv: list[str] | None = None) -> int:
-    return run_script("resnet101", 768, 1024, __doc__ + TRAINER_DOC, argv)
+    return run_script("resnet101", __doc__ + TRAINER_DOC, argv, C)
 
 
 if __name__ == "__main__":

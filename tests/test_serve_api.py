@@ -595,8 +595,8 @@ def test_python_m_serve_serves_the_demo_model(server, photo, tmp_path):
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("OID_SERVE_WEIGHTS", "OID_SERVE_LABELS")}
     env["PORT"] = str(port)
-    proc = subprocess.Popen([sys.executable, "-m", "oid_retinanet.serve", "--demo-summary", str(summary), "--no-warmup"],
-                            cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "oid_retinanet.serve", "--demo-summary", str(summary),
+                             "--no-warmup"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180

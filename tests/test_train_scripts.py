@@ -73,7 +73,7 @@ def test_bare_resume_takes_the_earlier_runs_settings(tiny, tmp_path, capfd):
     from oid_retinanet.train.trainer import build_parser, given_options
     from retinanet_training_level_1 import train_oid_level_1_resnet50 as r50
 
-    parser = build_parser("resnet50", 768, 1024, "", {"DATASET_PATH": "d/", "OUTPUT_PATH": "o/", "MODELS_PATH": "m/"})
+    parser = build_parser("resnet50", "", {"DATASET_PATH": "d/", "OUTPUT_PATH": "o/", "MODELS_PATH": "m/"})
     assert given_options(parser, ["--resume", "--lr", "1e-5", "--no-weights"]) == {"resume", "lr", "imagenet_weights"}
     snapshots = tmp_path / "snapshots"
     assert r50.main(_args(tiny, snapshots, "--epochs", "1", "--no-evaluation", "--seed", "3")) == 0
@@ -107,7 +107,7 @@ def test_training_script_defaults_and_errors(tiny, tmp_path, capsys):
         text = " ".join(capsys.readouterr().out.split())
         assert f"--image-min-side IMAGE_MIN_SIDE (default: {lo})" in text
         assert f"--image-max-side IMAGE_MAX_SIDE (default: {hi})" in text
-    args = build_parser("resnet152", 600, 800, "", paths).parse_args([])
+    args = build_parser("resnet152", "", paths).parse_args([])
     assert (args.image_min_side, args.image_max_side, args.lr, args.batch_size) == (600, 800, 1e-5, 1)
     assert args.imagenet_weights is True and args.snapshot_path == os.path.join("m/", "snapshots")
     assert r152.main(_args(tiny, tmp_path, "--level", "9")) == 2
@@ -205,7 +205,7 @@ def test_keras_retinanet_forms_map_onto_ours_or_are_refused():
     from oid_retinanet.errors import OIDInputError
     from oid_retinanet.train.trainer import build_parser, keras_retinanet_args
 
-    parser = build_parser("resnet101", 768, 1024, "", {"DATASET_PATH": "d/", "OUTPUT_PATH": "o/", "MODELS_PATH": "m/"})
+    parser = build_parser("resnet101", "", {"DATASET_PATH": "d/", "OUTPUT_PATH": "o/", "MODELS_PATH": "m/"})
 
     def parsed(*argv):
         return keras_retinanet_args(parser.parse_args(list(argv)))

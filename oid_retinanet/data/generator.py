@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from oid_retinanet.data.augment import RandomTransform, random_intensity_change
-from oid_retinanet.data.preprocess import preprocess_image, read_image_bgr, resize_image
+from oid_retinanet.data.preprocess import MAX_SIDE, MIN_SIDE, preprocess_image, read_image_bgr, resize_image
 from oid_retinanet.data.targets import anchor_targets
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters, anchors_for_shape, feature_shapes
@@ -219,8 +219,8 @@ class GeneratorConfig:
     """How images become network inputs: sizes, augmentation, batching."""
 
     batch_size: int = 1
-    min_side: int = 800
-    max_side: int = 1333
+    min_side: int = MIN_SIDE
+    max_side: int = MAX_SIDE
     transform: RandomTransform | None = None
     intensity: tuple[int, int] | None = None
     sampling: str = "balanced"

@@ -23,10 +23,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from oid_retinanet.errors import OIDInputError
+from oid_retinanet.model.backbones import CAFFE_MEAN_BGR, KERAS_RETINANET_SIDES
 
-MIN_SIDE = 800
-MAX_SIDE = 1333
-CAFFE_MEAN_BGR: tuple[float, float, float] = (103.939, 116.779, 123.68)
+MIN_SIDE, MAX_SIDE = KERAS_RETINANET_SIDES
 SIXTEEN_BIT_MODES = ("clip", "scale")
 
 

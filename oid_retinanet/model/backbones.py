@@ -14,6 +14,10 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+# The network input every backbone here takes: keras-retinanet's 'caffe' mode, BGR with the ImageNet means
+# subtracted (a MobileNet converts it to its own 'tf' mode inside: mobilenet.CaffeToTF).
+PREPROCESSING = "caffe"
+CAFFE_MEAN_BGR: tuple[float, float, float] = (103.939, 116.779, 123.68)
 KERAS_RETINANET_SIDES = (800, 1333)  # keras-retinanet's own defaults, for backbones the originals never ran
 
 

@@ -25,7 +25,7 @@ from oid_retinanet import __version__
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path, atomic_write_text
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters
-from oid_retinanet.model.backbones import default_sides
+from oid_retinanet.model.backbones import PREPROCESSING, default_sides
 from oid_retinanet.model.decode import BOX_MEAN, BOX_STD
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 CARD_MEMBER = "oid_retinanet_card.json"  # inside a .keras zip
 SIDECAR_SUFFIX = ".card.json"  # beside any other model file: <model file>.card.json
 CARD_FORMAT = 1
-PREPROCESSING = "caffe"  # BGR, ImageNet means subtracted (keras-retinanet's 'caffe' mode): the only one here
 ASSUMABLE = ("classes", "sides", "anchors")  # the facts a file without a card may not tell
 
 

@@ -21,7 +21,7 @@ import re
 import keras
 from keras import ops
 
-from oid_retinanet.data.preprocess import CAFFE_MEAN_BGR
+from oid_retinanet.model.backbones import CAFFE_MEAN_BGR
 
 ALPHAS = ("0.25", "0.5", "0.75", "1.0")
 RESOLUTIONS = ("128", "160", "192", "224")

@@ -1,8 +1,10 @@
 """From box lists to a Kaggle `ImageId,PredictionString` CSV: the single-model mirror merge of stage 4 and
 the ensembling of stage 6.
 
-Both are the originals' one loop: per image, filter each list, merge the lists (boxes/merge.py, or weighted
-boxes fusion, boxes/wbf.py), keep the best `limit_boxes`, clip, format.
+Both are the originals' one loop: per image, filter each list, merge the lists, keep the best `limit_boxes`,
+clip, format. The merges are a registry, MERGE_METHODS: 'avg', 'max', 'mul' ... (the originals' weighted merge,
+boxes/merge.py) and 'wbf' (weighted boxes fusion, boxes/wbf.py), each with its list weights; every path takes
+one MergeSettings. Adding a merge method: its merge function and one MERGE_METHODS entry.
 
 - Mirror merge (ZFTurbo's `create_csv_for_retinanet`): one model's cache folder; the image's and the mirrored
   image's rows are two lists of weight 1/2. Scores are written with 6 decimals, coordinates with 4.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +51,6 @@ from oid_retinanet.predict.cache import ImageCache, cache_file, cache_ids, read_
 
 log = logging.getLogger(__name__)
 
-MERGE_TYPES = (*CONF_TYPES, "wbf")
 # The originals' values (their __main__ blocks): the stage 4 script, and stage 6 in 2018 and 2019.
 MIRROR_DEFAULTS = {"skip_box_thr": 0.01, "iou_thr": 0.55, "limit_boxes": 300, "type": "avg"}
 ENSEMBLE_DEFAULTS = {
@@ -113,23 +114,84 @@ def label_mids(labels: ClassList | Sequence[str]) -> np.ndarray:
     return np.array(mids, dtype=object)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Merge methods: a registry of named ways to merge lists of boxes, and the one settings object they take
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """How lists of boxes merge: the method (`type`, a MERGE_METHODS name) and every setting a method reads."""
+
+    type: str = "avg"
+    variant: str = "2018"  # the weighted merge's rules: 2018 (ZFTurbo) or 2019 (gujingxiao)
+    iou_thr: float = 0.55
+    skip_box_thr: float = 0.01
+    wbf_conf_type: str = "avg"  # the fusion's confidence rule
+
+    @property
+    def method(self) -> MergeMethod:
+        return MERGE_METHODS[self.type]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A named merge: the weight of each list from the models' weights, the merge of a batch of images, whether
+    its rows come sorted by score, and whether one model's mirror merge (stage 4) may use it."""
+
+    list_weights: Callable[[np.ndarray, np.ndarray | None], np.ndarray]  # (rows per model, model weights or None)
+    merge: Callable[..., tuple[np.ndarray, np.ndarray]]  # (image, list, labels, scores, boxes, list weights, settings)
+    sorted_desc: bool
+    mirror: bool
+
+
+def _shared_weights(rows: np.ndarray, model_weights: np.ndarray | None) -> np.ndarray:
+    """The originals' 1/n_lists each; unequal model weights: proportional, summing to 1 (see the module doc)."""
+    n_lists = int(rows.sum())
+    if model_weights is None or len(set(model_weights)) <= 1:
+        return np.full(n_lists, 1 / n_lists)
+    per_list = np.repeat(model_weights, rows)
+    return per_list / per_list.sum()
+
+
+def _model_weights(rows: np.ndarray, model_weights: np.ndarray | None) -> np.ndarray:
+    """Each list weighs its model's weight (1 by default), as weighted boxes fusion takes them."""
+    return np.repeat(np.ones(len(rows)) if model_weights is None else model_weights, rows)
+
+
+def _cluster_merge(image, list_index, labels, scores, boxes, weights, settings: MergeSettings):
+    """The originals' weighted merge (boxes/merge.py) with the score rule `settings.type`."""
+    batch = BoxBatch(image, list_index, labels, scores, boxes, weights[list_index])
+    return merge_batch(batch, settings.iou_thr, settings.type, settings.variant)
+
+
+def _fusion_merge(image, list_index, labels, scores, boxes, weights, settings: MergeSettings):
+    """Weighted boxes fusion (boxes/wbf.py)."""
+    img, lst, lab, conf, bw, bx = prefilter(image, list_index, labels, scores, boxes, weights, settings.skip_box_thr)
+    out_image, out_boxes, out_scores, out_labels = fuse_batch(img, lst, lab, conf, bw, bx, weights, settings.iou_thr,
+                                                              settings.wbf_conf_type)
+    return out_image, np.column_stack([out_labels, out_scores, out_boxes])
+
+
+MERGE_METHODS: dict[str, MergeMethod] = {
+    **{conf: MergeMethod(_shared_weights, _cluster_merge, sorted_desc=False, mirror=True) for conf in CONF_TYPES},
+    "wbf": MergeMethod(_model_weights, _fusion_merge, sorted_desc=True, mirror=False),
+}
+MERGE_TYPES = tuple(MERGE_METHODS)
+
+
 def list_weights(rows_per_model: Sequence[int], model_weights: Sequence[float] | None, type: str) -> np.ndarray:
     """One weight per list ([model 0 rows..., model 1 rows...]) for merge `type`; see the module doc."""
     rows = np.asarray(rows_per_model, dtype=np.int64)
     if model_weights is not None and len(model_weights) != len(rows):
         raise ValueError(f"{len(model_weights)} weights for {len(rows)} models")
-    if type == "wbf":
-        w = np.ones(len(rows)) if model_weights is None else np.asarray(model_weights, dtype=np.float64)
-        return np.repeat(w, rows)
-    n_lists = int(rows.sum())
-    if model_weights is None or len(set(model_weights)) <= 1:
-        return np.full(n_lists, 1 / n_lists)
-    per_list = np.repeat(np.asarray(model_weights, dtype=np.float64), rows)
-    return per_list / per_list.sum()
+    weights = None if model_weights is None else np.asarray(model_weights, dtype=np.float64)
+    return MERGE_METHODS[type].list_weights(rows, weights)
 
 
-def _check_settings(type: str, variant: str, wbf_conf_type: str, weights: Sequence[float] | None) -> None:
-    if type not in MERGE_TYPES:
+def merge_settings(type: str, variant: str, wbf_conf_type: str, weights: Sequence[float] | None,
+                   iou_thr: float = 0.55, skip_box_thr: float = 0.01) -> MergeSettings:
+    """The settings object, checked (ValueError naming the bad value)."""
+    if type not in MERGE_METHODS:
         raise ValueError(f"unknown merge type {type!r}, expected one of {', '.join(MERGE_TYPES)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}, expected one of {', '.join(VARIANTS)}")
@@ -137,18 +199,7 @@ def _check_settings(type: str, variant: str, wbf_conf_type: str, weights: Sequen
         raise ValueError(f"unknown WBF conf type {wbf_conf_type!r}, expected one of {', '.join(WBF_CONF_TYPES)}")
     if weights is not None and any(not np.isfinite(w) or w <= 0 for w in weights):
         raise ValueError(f"weights must be positive numbers, got {list(weights)}")
-
-
-def _merge(image: np.ndarray, list_index: np.ndarray, labels: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
-           weights: np.ndarray, type: str, variant: str, iou_thr: float, skip_box_thr: float,
-           wbf_conf_type: str) -> tuple[np.ndarray, np.ndarray]:
-    if type == "wbf":
-        img, lst, lab, conf, bw, bx = prefilter(image, list_index, labels, scores, boxes, weights, skip_box_thr)
-        out_image, out_boxes, out_scores, out_labels = fuse_batch(img, lst, lab, conf, bw, bx, weights, iou_thr,
-                                                                  wbf_conf_type)
-        return out_image, np.column_stack([out_labels, out_scores, out_boxes])
-    batch = BoxBatch(image, list_index, labels, scores, boxes, weights[list_index])
-    return merge_batch(batch, iou_thr, type, variant)
+    return MergeSettings(type, variant, iou_thr, skip_box_thr, wbf_conf_type)
 
 
 @dataclass
@@ -159,11 +210,7 @@ class _CacheMerge:
     n_classes: int
     rows_per_model: list[int]
     lists: np.ndarray
-    skip_box_thr: float
-    iou_thr: float
-    type: str
-    variant: str
-    wbf_conf_type: str
+    settings: MergeSettings
 
     def merge(self, chunk: list[str], stats: MergeStats) -> tuple[np.ndarray, np.ndarray]:
         """Read, filter and merge the images `chunk`: (image index into chunk, rows (K, 6))."""
@@ -178,9 +225,10 @@ class _CacheMerge:
                                         f"{self.rows_per_model[m]}", str(path))
                 model.append(cache)
             caches.append(model)
-        image, list_index, labels, scores, boxes = _filtered_batch(caches, self.rows_per_model, self.skip_box_thr)
-        out_image, rows = _merge(image, list_index, labels, scores, boxes, self.lists, self.type, self.variant,
-                                 self.iou_thr, self.skip_box_thr, self.wbf_conf_type)
+        image, list_index, labels, scores, boxes = _filtered_batch(caches, self.rows_per_model,
+                                                                   self.settings.skip_box_thr)
+        out_image, rows = self.settings.method.merge(image, list_index, labels, scores, boxes, self.lists,
+                                                     self.settings)
         stats.images += len(chunk)
         stats.boxes_in += len(image)
         stats.boxes_merged += len(rows)
@@ -199,7 +247,8 @@ class _CacheToCsv:
     def __call__(self, chunk: list[str]) -> tuple[bytes, MergeStats]:
         stats = MergeStats()
         image, rows = self.merger.merge(chunk, stats)
-        image, rows = finish_rows(image, rows, len(chunk), self.limit_boxes, self.merger.type == "wbf", stats)
+        image, rows = finish_rows(image, rows, len(chunk), self.limit_boxes, self.merger.settings.method.sorted_desc,
+                                  stats)
         stats.boxes_written += len(rows)
         return format_rows(chunk, image, rows, self.mids, *self.decimals), stats
 
@@ -208,7 +257,7 @@ def _prepare_caches(cache_dirs: Sequence[str | os.PathLike], n_classes: int, ski
                     type: str, variant: str, weights: Sequence[float] | None, wbf_conf_type: str,
                     ids: Sequence[str] | None) -> tuple[_CacheMerge, list[str]]:
     """Check the settings and that every image has a cache in every folder; the batch merger and the ids."""
-    _check_settings(type, variant, wbf_conf_type, weights)
+    settings = merge_settings(type, variant, wbf_conf_type, weights, iou_thr, skip_box_thr)
     dirs = [os.fspath(d) for d in cache_dirs]
     if not dirs:
         raise ValueError("no cache folders given")
@@ -223,8 +272,7 @@ def _prepare_caches(cache_dirs: Sequence[str | os.PathLike], n_classes: int, ski
                                 f"{cache_file(d, missing[0]).name}", d)
     # every cache of a folder must have as many rows (image, mirror) as its first one
     rows_per_model = [read_cache(cache_file(d, ids[0]), n_classes).rows if ids else 2 for d in dirs]
-    merger = _CacheMerge(dirs, n_classes, rows_per_model, list_weights(rows_per_model, weights, type), skip_box_thr,
-                         iou_thr, type, variant, wbf_conf_type)
+    merger = _CacheMerge(dirs, n_classes, rows_per_model, list_weights(rows_per_model, weights, type), settings)
     return merger, ids
 
 
@@ -285,7 +333,7 @@ def merge_csvs(csvs: Sequence[str | os.PathLike], skip_box_thr: float, iou_thr: 
                variant: str = "2018", weights: Sequence[float] | None = None, wbf_conf_type: str = "avg",
                batch_images: int = BATCH_IMAGES, stats: MergeStats | None = None) -> Iterator[MergedBatch]:
     """Merge several prediction CSVs (one list each) image by image: an iterator of one MergedBatch per batch."""
-    _check_settings(type, variant, wbf_conf_type, weights)
+    settings = merge_settings(type, variant, wbf_conf_type, weights, iou_thr, skip_box_thr)
     paths = [os.fspath(p) for p in csvs]
     if not paths:
         raise ValueError("no prediction CSVs given")
@@ -293,12 +341,11 @@ def merge_csvs(csvs: Sequence[str | os.PathLike], skip_box_thr: float, iou_thr: 
         if not os.path.isfile(p):
             raise OIDInputError("prediction CSV not found", p)
     lists = list_weights([1] * len(paths), weights, type)
-    return _csv_batches(paths, lists, skip_box_thr, iou_thr, type, variant, wbf_conf_type, batch_images,
-                        stats if stats is not None else MergeStats())
+    return _csv_batches(paths, lists, settings, batch_images, stats if stats is not None else MergeStats())
 
 
-def _csv_batches(paths: list[str], lists: np.ndarray, skip_box_thr: float, iou_thr: float, type: str, variant: str,
-                 wbf_conf_type: str, batch_images: int, stats: MergeStats) -> Iterator[MergedBatch]:
+def _csv_batches(paths: list[str], lists: np.ndarray, settings: MergeSettings, batch_images: int,
+                 stats: MergeStats) -> Iterator[MergedBatch]:
     rows = iter_aligned_predictions(paths)
     while True:
         chunk = [r for _, r in zip(range(batch_images), rows)]
@@ -311,7 +358,7 @@ def _csv_batches(paths: list[str], lists: np.ndarray, skip_box_thr: float, iou_t
                 if p is None:
                     stats.missing_rows[paths[k]] = stats.missing_rows.get(paths[k], 0) + 1
                     continue
-                keep = ~(p.scores < skip_box_thr)
+                keep = ~(p.scores < settings.skip_box_thr)
                 parts.append((i, k, p.mids[keep], p.scores[keep], p.boxes[keep]))
         counts = [len(p[3]) for p in parts]
         image = np.repeat(np.array([p[0] for p in parts], dtype=np.int64), counts)
@@ -320,12 +367,12 @@ def _csv_batches(paths: list[str], lists: np.ndarray, skip_box_thr: float, iou_t
         mids, labels = np.unique(mids_flat, return_inverse=True)
         scores = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0)
         boxes = np.concatenate([p[4] for p in parts]).reshape(-1, 4) if parts else np.zeros((0, 4))
-        out_image, out_rows = _merge(image, list_index, labels.astype(np.int64), scores, boxes, lists, type, variant,
-                                     iou_thr, skip_box_thr, wbf_conf_type)
+        out_image, out_rows = settings.method.merge(image, list_index, labels.astype(np.int64), scores, boxes, lists,
+                                                    settings)
         stats.images += len(ids)
         stats.boxes_in += len(image)
         stats.boxes_merged += len(out_rows)
-        yield MergedBatch(ids, out_image, out_rows, mids.astype(object), sorted_desc=type == "wbf")
+        yield MergedBatch(ids, out_image, out_rows, mids.astype(object), sorted_desc=settings.method.sorted_desc)
 
 
 def finish_rows(image: np.ndarray, rows: np.ndarray, n_images: int, limit_boxes: int, sorted_desc: bool,
@@ -529,7 +576,7 @@ def write_ensembled_csv(output: str | os.PathLike, *, cache_dirs: Sequence[str |
     """
     if (cache_dirs is None) == (csvs is None):
         raise ValueError("give either cache_dirs or csvs")
-    _check_settings(type, variant, wbf_conf_type, weights)
+    merge_settings(type, variant, wbf_conf_type, weights)
     defaults = ENSEMBLE_DEFAULTS[variant]
     skip_box_thr = defaults["skip_box_thr"] if skip_box_thr is None else skip_box_thr
     iou_thr = defaults["iou_thr"] if iou_thr is None else iou_thr
@@ -556,13 +603,13 @@ def mirror_merge_image(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
     """One image's cache arrays (boxes (R, N, 4) normalised, scores and labels (R, N); R = 2 with the mirror)
     merged as `write_mirror_merged_csv` merges a cache file: rows (K, 6) `[label, score, x1, y1, x2, y2]`, in
     the order the CSV writes them. The weighted merge only (`wbf` is for ensembles of cache folders)."""
-    _check_settings(type, "2018", "avg", None)
-    if type == "wbf":
-        raise ValueError("one image's mirror merge uses the weighted merge (avg, max, mul ...), not wbf")
+    settings = merge_settings(type, "2018", "avg", None, iou_thr, skip_box_thr)
+    if not settings.method.mirror:
+        usable = ", ".join(name for name, m in MERGE_METHODS.items() if m.mirror)
+        raise ValueError(f"one image's mirror merge uses one of {usable}, not {type}")
     row, lab, sc, bx = filter_rows(boxes, scores, labels, skip_box_thr)
     weights = list_weights([scores.shape[0]], None, type)
-    image, rows = merge_batch(BoxBatch(np.zeros(len(row), dtype=np.int64), row, lab, sc, bx, weights[row]),
-                              iou_thr, type, "2018")
+    image, rows = settings.method.merge(np.zeros(len(row), dtype=np.int64), row, lab, sc, bx, weights, settings)
     _, rows = finish_rows(image, rows, 1, limit_boxes, sorted_desc=False)
     return rows
 

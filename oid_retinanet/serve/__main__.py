@@ -20,17 +20,13 @@ import socket
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent.parent
-if str(REPO) not in sys.path:  # a00_utils_and_constants lives at the repository root, beside the scripts
-    sys.path.insert(0, str(REPO))
-
-import a00_utils_and_constants as C  # noqa: E402
-from oid_retinanet.cli import fraction, positive_int, script_main, setup_logging  # noqa: E402
-from oid_retinanet.errors import OIDInputError  # noqa: E402
+from oid_retinanet import resources
+from oid_retinanet.cli import fraction, positive_int, script_main, setup_logging
+from oid_retinanet.errors import OIDInputError
 
 log = logging.getLogger("oid_retinanet.serve")
 
-DEMO_SUMMARY = REPO / "demo_output" / "summary.json"
+DEMO_SUMMARY = Path("demo_output") / "summary.json"  # `make demo`'s, from the folder the server starts in
 DEFAULT_PORT = 8000
 
 
@@ -176,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                              anchors=read_anchor_config(args.config) if args.config else None, config=args.config)
     model, labels = resolved.load(), resolved.labels
     backbone, (min_side, max_side) = resolved.card.backbone, resolved.sides
-    parents = load_parent_expansion(labels, C.CLASS_DESCRIPTIONS_500_CSV, C.HIERARCHY_JSON, C.CLASS_DESCRIPTIONS_CSV,
+    parents = load_parent_expansion(labels, resources.CLASS_DESCRIPTIONS_500_CSV, resources.HIERARCHY_JSON,
+                                    resources.CLASS_DESCRIPTIONS_CSV,
                                     corrected=args.corrected_parents)
     info = ModelInfo(Path(weights).name, backbone, min_side, max_side, labels.source)
     service = DetectionService(model, labels, info, parents, MergeSettings(skip_box_thr=args.skip_box_thr),

@@ -48,9 +48,12 @@ NOT_RESUMED = frozenset({"snapshot", "resume", "weights", "imagenet_weights", "i
 MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
-def build_parser(backbone: str, min_side: int, max_side: int, description: str,
-                 paths: dict[str, str]) -> argparse.ArgumentParser:
-    """The options of a training script; `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH)."""
+def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argparse.ArgumentParser:
+    """The options of a training script for `backbone` (whose registry entry gives the default image sides);
+    `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH)."""
+    from oid_retinanet.model.backbones import default_sides
+
+    min_side, max_side = default_sides(backbone)
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     start = p.add_mutually_exclusive_group()
     start.add_argument("--snapshot", help="resume from this snapshot (.keras of ours, or a keras-retinanet .h5)")
@@ -547,13 +550,12 @@ def train(args: argparse.Namespace):
                      verbose=1 if sys.stderr.isatty() else 2)
 
 
-def run_script(backbone: str, min_side: int, max_side: int, description: str, argv: list[str] | None) -> int:
-    """main() of a training script."""
-    import a00_utils_and_constants as C
+def run_script(backbone: str, description: str, argv: list[str] | None, constants) -> int:
+    """main() of a training script; `constants`: the script's a00_utils_and_constants (its paths are the defaults)."""
     from oid_retinanet.cli import setup_logging
 
-    paths = {"DATASET_PATH": C.DATASET_PATH, "OUTPUT_PATH": C.OUTPUT_PATH, "MODELS_PATH": C.MODELS_PATH}
-    parser = build_parser(backbone, min_side, max_side, description, paths)
+    paths = {name: getattr(constants, name) for name in ("DATASET_PATH", "OUTPUT_PATH", "MODELS_PATH")}
+    parser = build_parser(backbone, description, paths)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     args = check_args(keras_retinanet_args(resume_settings(args, given_options(parser, argv))))
