@@ -19,15 +19,16 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
+import a00_utils_and_constants as C
 from oid_retinanet.cli import script_main
-from retinanet_training_level_1.find_image_parameters import build_parser, run
+from oid_retinanet.stages.image_params import build_parser, run
 
 DEFAULT_SUBSETS = ["validation", "train", "test"]
 
 
 @script_main
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser(__doc__, "2019", DEFAULT_SUBSETS).parse_args(argv), "2019")
+    return run(build_parser(__doc__, "2019", DEFAULT_SUBSETS, C).parse_args(argv), "2019")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
-from create_higher_level_predictions_from_level_1_predictions_csv import build_parser, run
+import a00_utils_and_constants as C
 from oid_retinanet.cli import script_main
+from oid_retinanet.stages.expand import build_parser, run
 
 INPUT_CSV = "retinanet_resnet152_101_new_ensemble_submission_0.05_0.55_predictions.csv"
 OUTPUT_CSV = "retinanet_resnet152_101_new_ensemble_submission_0.05_0.55_predictions_all_levels.csv"
@@ -26,7 +27,7 @@ OUTPUT_CSV = "retinanet_resnet152_101_new_ensemble_submission_0.05_0.55_predicti
 
 @script_main
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser(__doc__, "2019", INPUT_CSV, OUTPUT_CSV).parse_args(argv))
+    return run(build_parser(__doc__, "2019", INPUT_CSV, OUTPUT_CSV, C).parse_args(argv), C)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
-from ensemble_predictions_with_weighted_method import build_parser, run
+import a00_utils_and_constants as C
 from oid_retinanet.cli import script_main
+from oid_retinanet.stages.ensemble import build_parser, run
 
 
 @script_main
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser(__doc__, "2019").parse_args(argv))
+    return run(build_parser(__doc__, "2019").parse_args(argv), C)
 
 
 if __name__ == "__main__":

@@ -12,67 +12,20 @@ resumes from {subset}_image_params.csv.partial when run again. Rows are sorted b
 
 from __future__ import annotations
 
-import argparse
-import os
-from pathlib import Path
-
 try:
     from retinanet_training_level_1 import _bootstrap  # noqa: F401
 except ImportError:
     import _bootstrap  # noqa: F401
 
 import a00_utils_and_constants as C
-from oid_retinanet.cli import positive_int, script_main, setup_logging
-from oid_retinanet.data.image_params import (
-    DEFAULT_EXTENSIONS,
-    SUBSET_FOLDERS,
-    SUBSETS_2018,
-    scan_images,
-    scan_subsets,
-    subset_folders,
-)
-
-
-def build_parser(description: str, layout: str, default_subsets: list[str]) -> argparse.ArgumentParser:
-    """The options of the image-parameter scan, shared by the 2018 and the 2019 (labelProcess) script."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--subsets", nargs="+", choices=list(SUBSET_FOLDERS[layout]), default=default_subsets,
-                   help="subsets to scan, in this order (default: %(default)s)")
-    p.add_argument("--images", metavar="DIR", help="scan this folder instead of the subsets' folders")
-    p.add_argument("--subset", help="output name for --images: {subset}_image_params.csv (default: DIR's name)")
-    p.add_argument("--dataset-path", default=C.DATASET_PATH,
-                   help="Open Images folder with train/, validation/, test/ (default: %(default)s)")
-    p.add_argument("--input-path", default=C.INPUT_PATH,
-                   help="folder holding the kaggle_test images (default: %(default)s)")
-    p.add_argument("--output-path", default=C.OUTPUT_PATH, help="where the CSVs go (default: %(default)s)")
-    p.add_argument("--workers", type=positive_int, default=os.cpu_count(),
-                   help="processes reading images; 1 reads in this process (default: %(default)s)")
-    p.add_argument("--extensions", nargs="+", default=list(DEFAULT_EXTENSIONS),
-                   help="file extensions to scan, case-sensitive; the id is the name without it "
-                        "(default: %(default)s; e.g. jpg jpeg png)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
-
-
-def run(args: argparse.Namespace, layout: str) -> int:
-    """Scan what the parsed options ask for and print one summary line per subset."""
-    setup_logging(args.verbose)
-    if args.images:
-        subset = args.subset or Path(os.path.abspath(args.images)).name
-        summaries = [scan_images(args.images, Path(args.output_path) / f"{subset}_image_params.csv", subset,
-                                 args.workers, args.extensions)]
-    else:
-        folders = subset_folders(layout, args.dataset_path, args.input_path)
-        summaries = scan_subsets({s: folders[s] for s in args.subsets}, args.output_path, args.workers,
-                                 args.extensions)
-    for s in summaries:
-        print(s.line())
-    return 0
+from oid_retinanet.cli import script_main
+from oid_retinanet.data.image_params import SUBSETS_2018
+from oid_retinanet.stages.image_params import build_parser, run
 
 
 @script_main
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser(__doc__, "2018", list(SUBSETS_2018)).parse_args(argv), "2018")
+    return run(build_parser(__doc__, "2018", list(SUBSETS_2018), C).parse_args(argv), "2018")
 
 
 if __name__ == "__main__":
