@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench keras-retinanet-venv serve clean
+.PHONY: venv test test-fast lint demo bench keras-retinanet-venv serve clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# The edit-test loop: every test but those marked slow (training, the demo, the browser, the card's end to end).
+test-fast: $(STAMP) lint
+	$(PY) -m pytest -q -m "not slow" tests $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m oid_retinanet.demo

@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from oid_retinanet.demo.__main__ import main
+from oid_retinanet.model.card import read_card
+
+pytestmark = pytest.mark.slow  # runs the whole pipeline
 
 
 def test_quick_demo_runs_every_stage(tmp_path, capsys):
@@ -38,10 +42,12 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     subm = tmp_path / "subm"
     for name in ("model_0_level_1.csv", "model_0_expanded.csv", "ensemble.csv"):
         assert list(pd.read_csv(subm / name).columns) == ["ImageId", "PredictionString"]
-    classes = pd.read_csv(summary["serve_labels"], header=None)
-    assert sorted(classes[1]) == ["Apple", "Flag", "Lemon", "Orange", "Stop sign"]
-    assert (tmp_path / "models" / "demo_model_0_inference.keras").is_file() and summary["visualized"]
-    assert summary["serve_sides"] == [96, 128]  # the web demo predicts at the sides the model was trained at
+    assert summary["serve_weights"] == str(tmp_path / "models" / "demo_model_0_inference.keras")
+    assert summary["visualized"]
+    # the served model's card: its classes and the sides it was trained at (the web demo and stage 4 read them)
+    card = read_card(summary["serve_weights"])
+    assert sorted(name for _, name in card.classes) == ["Apple", "Flag", "Lemon", "Orange", "Stop sign"]
+    assert (card.min_side, card.max_side) == (96, 128) and card.filter and card.assumed == ()
     assert "OID mAP on the validation split" in capsys.readouterr().out
 
 

@@ -679,7 +679,7 @@ def test_help_exits_zero(capsys):
 
 def test_callback_logs_map_during_fit():
     keras = pytest.importorskip("keras")
-    from oid_retinanet.evaluate.callback import MeanAPCallback
+    from oid_retinanet.train.callbacks import MeanAPCallback
 
     gt = make_gt([("i1", "/m/a", 0.1, 0.1, 0.5, 0.5, 0), ("i2", "/m/a", 0.1, 0.1, 0.5, 0.5, 0)])
     calls = []

@@ -15,6 +15,8 @@ from oid_retinanet.model.card import CARD_MEMBER, ModelCard, read_card
 from tests.conftest import read_lines
 from tests.train_helpers import make_tiny_level
 
+pytestmark = pytest.mark.slow  # trains, converts and predicts
+
 ANCHORS_INI = "[anchor_parameters]\nsizes   = 16 32 64 128 256\nstrides = 8 16 32 64 128\nratios  = 0.5 1 2\n" \
               "scales  = 1 1.5 2\n"
 SIDES = ("72", "96")

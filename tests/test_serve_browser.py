@@ -30,7 +30,8 @@ from test_serve_api import ServerThread, detect, make_photo, make_service
 
 from oid_retinanet.serve.app import Limits, create_app
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = [pytest.mark.slow,  # drives a browser
+              pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 PACKAGES = ("chromium", "chromium-driver")
 SCREENSHOT = Path(os.environ.get("OID_SERVE_SCREENSHOT", REPO / "test_output" / "serve_page.png"))

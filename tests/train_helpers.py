@@ -56,17 +56,15 @@ def make_tiny_level(root: Path, n_train: int = 10, n_validation: int = 4, width:
 
 
 def train_data_parallel_and_check(argv: list[str]) -> None:
-    """Train with the ResNet50 script as `argv` says (`--multi-gpu 2`), then assert that it trained data-parallel
-    over two devices: Keras' distribution set, every model and optimizer variable on both devices, and (JAX)
-    every image batch split between them. Run in a fresh process: the backend and the devices are fixed at start."""
+    """Train a ResNet50 as the training script would with `argv` (`--multi-gpu 2`), then assert that it trained
+    data-parallel over two devices: Keras' distribution set, every model and optimizer variable on both devices,
+    and (JAX) every image batch split between them. Run in a fresh process: the backend and the devices are fixed
+    at start."""
     import keras
 
-    from oid_retinanet.train import trainer
-    from retinanet_training_level_1 import train_oid_level_1_resnet50 as script
+    import a00_utils_and_constants as C
+    from oid_retinanet.train.trainer import parse_config, train
 
-    histories = []
-    train = trainer.train
-    trainer.train = lambda args: histories.append(train(args)) or histories[-1]
     backend = keras.backend.backend()
     batches = []
     if backend == "jax":
@@ -79,8 +77,7 @@ def train_data_parallel_and_check(argv: list[str]) -> None:
             return batches[-1]
 
         jax.make_array_from_process_local_data = recording
-    assert script.main(argv) == 0
-    model = histories[0].model
+    model = train(parse_config("resnet50", "", argv, C)).model
     variables = model.weights + model.optimizer.variables
     if backend == "jax":
         assert isinstance(keras.distribution.distribution(), keras.distribution.DataParallel)

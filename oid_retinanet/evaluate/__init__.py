@@ -5,7 +5,7 @@
     result = evaluate_predictions(gt, iter_prediction_chunks("predictions.csv"))   # or per-image predictions
     result.mean_ap, result.per_class()
 
-The Keras training callback lives in `oid_retinanet.evaluate.callback` (imported on its own, it imports Keras).
+The Keras training callback that scores every epoch lives with training (`oid_retinanet.train.callbacks`).
 """
 
 from __future__ import annotations

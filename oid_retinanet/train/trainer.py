@@ -28,6 +28,7 @@ import logging
 import os
 import platform
 import sys
+from dataclasses import asdict, dataclass, fields
 
 from oid_retinanet.cli import fraction, positive_float, positive_int
 from oid_retinanet.errors import OIDInputError
@@ -48,6 +49,68 @@ NOT_RESUMED = frozenset({"snapshot", "resume", "weights", "imagenet_weights", "i
 MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
+@dataclass
+class TrainConfig:
+    """One training run with every setting resolved: what `train` takes. The scripts make it from their flags
+    (`parse_config`: --resume's earlier settings and keras-retinanet's forms applied); the flags' defaults are
+    this class's."""
+
+    backbone: str
+    dataset_path: str
+    output_path: str
+    snapshot_path: str
+    models_path: str
+    image_min_side: int
+    image_max_side: int
+    level: str = "1"
+    labels_filter: list[str] | None = None  # display names or MIDs, in model output order
+    snapshot: str | None = None  # resume from this file
+    resume: bool = False
+    weights: str | None = None  # initialise from this model file
+    imagenet_weights: bool = True
+    imagenet_source: str = "fizyr"
+    anchor_config: str | None = None  # keras-retinanet's config.ini (--config)
+    batch_size: int = 1
+    epochs: int = 500
+    steps: int = 10000
+    initial_epoch: int | None = None
+    lr: float = LEARNING_RATE
+    optimizer_clipnorm: float = CLIPNORM
+    reduce_lr_patience: int = LR_PATIENCE
+    reduce_lr_factor: float = LR_FACTOR
+    group: str = "ratio"
+    seed: int = 0
+    random_transform: bool = False
+    intensity_change: bool = True
+    freeze_backbone: bool = False
+    mixed_precision: str | None = None
+    multi_gpu: int = 0
+    multi_gpu_force: bool = False
+    workers: int = 2
+    max_queue_size: int = 10
+    snapshots: bool = True
+    snapshot_every: int = 1
+    keep_snapshots: int = 0
+    evaluation: bool = True
+    eval_metric: str = "voc"
+    weighted_average: bool = False
+    compute_val_loss: bool = False
+    tensorboard_dir: str | None = None
+    tensorboard_freq: str = "epoch"
+    gpu: str | None = None
+    verbose: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        """The settings of parsed flags (those of keras-retinanet's forms that map onto others are dropped)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def _default(name: str):
+    """TrainConfig's default of a setting, for its flag."""
+    return TrainConfig.__dataclass_fields__[name].default
+
+
 def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argparse.ArgumentParser:
     """The options of a training script for `backbone` (whose registry entry gives the default image sides);
     `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH)."""
@@ -66,7 +129,7 @@ def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argp
                    help="resume from the newest snapshot in --snapshot-path if there is one (else start as the "
                         "other flags say), with the earlier run's settings (its training_config.json) for the "
                         "options not given again")
-    p.add_argument("--imagenet-source", default="fizyr", choices=["fizyr", "keras"],
+    p.add_argument("--imagenet-source", default=_default("imagenet_source"), choices=["fizyr", "keras"],
                    help="ImageNet weights: fizyr's caffe ResNets (keras-retinanet's) or keras.applications' "
                         "(default: %(default)s)")
     p.add_argument("--models-path", default=paths["MODELS_PATH"],
@@ -74,7 +137,8 @@ def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argp
     p.add_argument("--backbone", default=backbone, type=_backbone,
                    help="resnet50, resnet101, resnet152, or a MobileNet: mobilenet{128,160,192,224}_{0.25,0.5,0.75,"
                         "1.0} (small and fast, e.g. to train from scratch on a CPU) (default: %(default)s)")
-    p.add_argument("--level", default="1", help="level to train: N reads level_N_files/ (default: %(default)s)")
+    p.add_argument("--level", default=_default("level"),
+                   help="level to train: N reads level_N_files/ (default: %(default)s)")
     p.add_argument("--labels-filter", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
                    help="train only these classes: comma-separated display names or MIDs, in model output order "
                         "(keras-retinanet's oid option; exact names)")
@@ -84,23 +148,24 @@ def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argp
     p.add_argument("--snapshot-path", default=os.path.join(paths["MODELS_PATH"], "snapshots"),
                    help="snapshots, log and configuration (default: %(default)s)")
     p.add_argument("--tensorboard-dir", help="write TensorBoard logs here (TensorFlow backend)")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="(default: %(default)s)")
-    p.add_argument("--multi-gpu", type=int, default=0,
+    p.add_argument("--batch-size", type=positive_int, default=_default("batch_size"), help="(default: %(default)s)")
+    p.add_argument("--multi-gpu", type=int, default=_default("multi_gpu"),
                    help="train data-parallel on this many devices (GPUs; logical CPU devices where there is no GPU)")
     p.add_argument("--multi-gpu-force", action="store_true", help="accepted for compatibility; not needed")
-    p.add_argument("--epochs", type=positive_int, default=500, help="(default: %(default)s)")
-    p.add_argument("--steps", type=positive_int, default=10000, help="batches per epoch (default: %(default)s)")
-    p.add_argument("--lr", type=positive_float, default=LEARNING_RATE,
+    p.add_argument("--epochs", type=positive_int, default=_default("epochs"), help="(default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=_default("steps"),
+                   help="batches per epoch (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=_default("lr"),
                    help=f"Adam learning rate, clipnorm {CLIPNORM} (default: %(default)s)")
     p.add_argument("--no-snapshots", dest="snapshots", action="store_false", help="do not save snapshots")
-    p.add_argument("--snapshot-every", type=positive_int, default=1, metavar="N",
+    p.add_argument("--snapshot-every", type=positive_int, default=_default("snapshot_every"), metavar="N",
                    help="save a snapshot every N epochs and after the last one; a killed run resumes from the newest "
                         "(default: %(default)s, every epoch as the original)")
-    p.add_argument("--keep-snapshots", type=int, default=0, metavar="N",
+    p.add_argument("--keep-snapshots", type=int, default=_default("keep_snapshots"), metavar="N",
                    help="keep only the newest N snapshots of this run (a ResNet50's is ~440 MB with its optimizer "
                         "state); 0 keeps all, as the original (default: %(default)s)")
     p.add_argument("--no-evaluation", dest="evaluation", action="store_false", help="no per-epoch validation mAP")
-    p.add_argument("--eval-metric", choices=["voc", "oid"], default="voc",
+    p.add_argument("--eval-metric", choices=["voc", "oid"], default=_default("eval_metric"),
                    help="per-epoch metric: keras-retinanet's VOC-style mAP (the original's) or the OID "
                         "challenge rules on the level's boxes (default: %(default)s)")
     p.add_argument("--freeze-backbone", action="store_true", help="do not train the ResNet layers")
@@ -108,12 +173,13 @@ def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argp
                    help="random rotation, translation, shear, scaling and flips (default: horizontal flips only)")
     p.add_argument("--no-intensity-change", dest="intensity_change", action="store_false",
                    help="no random per-channel intensity change (the original always applied it)")
-    p.add_argument("--config", metavar="FILE",
+    p.add_argument("--config", dest="anchor_config", metavar="FILE",
                    help="keras-retinanet's config.ini: [anchor_parameters] sizes, strides, ratios, scales (default: "
                         "keras-retinanet's anchors; recorded in every snapshot's model card)")
     p.add_argument("--image-min-side", type=positive_int, default=min_side, help="(default: %(default)s)")
     p.add_argument("--image-max-side", type=positive_int, default=max_side, help="(default: %(default)s)")
-    p.add_argument("--workers", type=positive_int, default=2, help="threads preparing batches (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=_default("workers"),
+                   help="threads preparing batches (default: %(default)s)")
     p.add_argument("--mixed-precision", nargs="?", const="bfloat16", choices=sorted(MIXED_POLICIES),
                    help="compute in bfloat16 (default when given) or float16, weights in float32")
     kr = p.add_argument_group(
@@ -121,20 +187,20 @@ def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argp
         "Its `oid DATASET_PATH` form is taken as --dataset-path, with `--version v4` and --annotation-cache-dir "
         "accepted; --no-resize and --parent-label are refused with the reason.")
     kr.add_argument("dataset", nargs="*", metavar="oid DATASET_PATH", help=argparse.SUPPRESS)
-    kr.add_argument("--optimizer-clipnorm", type=positive_float, default=CLIPNORM,
+    kr.add_argument("--optimizer-clipnorm", type=positive_float, default=_default("optimizer_clipnorm"),
                     help="Adam's gradient clipping by norm, for a new optimizer (default: %(default)s)")
-    kr.add_argument("--reduce-lr-patience", type=positive_int, default=LR_PATIENCE,
+    kr.add_argument("--reduce-lr-patience", type=positive_int, default=_default("reduce_lr_patience"),
                     help="epochs without a lower loss before the learning rate drops (default: %(default)s)")
-    kr.add_argument("--reduce-lr-factor", type=fraction, default=LR_FACTOR,
+    kr.add_argument("--reduce-lr-factor", type=fraction, default=_default("reduce_lr_factor"),
                     help="the learning rate's factor then (default: %(default)s, the original's)")
     kr.add_argument("--initial-epoch", type=int, help="the epoch to count from (default: the snapshot's, else 0)")
     kr.add_argument("--group-method", choices=["none", "random", "ratio"],
                     help="as --group: ratio is ratio; none and random keep the draw order (--group random)")
-    kr.add_argument("--max-queue-size", type=positive_int, default=10,
+    kr.add_argument("--max-queue-size", type=positive_int, default=_default("max_queue_size"),
                     help="batches prepared ahead by the --workers threads (default: %(default)s)")
     kr.add_argument("--multiprocessing", action="store_true",
                     help="accepted; threads prepare the batches (the data pipeline is far faster than the model)")
-    kr.add_argument("--tensorboard-freq", default="epoch",
+    kr.add_argument("--tensorboard-freq", default=_default("tensorboard_freq"),
                     help="TensorBoard writes every 'epoch', 'batch' or N batches (default: %(default)s)")
     kr.add_argument("--weighted-average", action="store_true",
                     help="the per-epoch VOC-style mAP weighted by each class's number of boxes")
@@ -144,9 +210,9 @@ def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argp
     kr.add_argument("--version", dest="oid_version", default="v4", help=argparse.SUPPRESS)
     kr.add_argument("--annotation-cache-dir", help=argparse.SUPPRESS)
     kr.add_argument("--parent-label", help=argparse.SUPPRESS)
-    p.add_argument("--group", choices=["ratio", "random"], default="ratio",
+    p.add_argument("--group", choices=["ratio", "random"], default=_default("group"),
                    help="batch images of similar aspect ratio, or as drawn (the original) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=_default("seed"),
                    help="seed of the initial weights, the image draw and the augmentation (default: %(default)s)")
     p.add_argument("--gpu", help="accepted for compatibility: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -253,14 +319,14 @@ def resume_settings(args: argparse.Namespace, given: set[str]) -> argparse.Names
 class _Inputs:
     """Paths of one level's training inputs."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, config: TrainConfig) -> None:
         from oid_retinanet.oid.levels import level_class_file, level_file
 
-        out = args.output_path
-        self.classes = level_class_file(out, args.level)
-        self.annotations = {s: level_file(out, args.level, s) for s in ("train", "validation")}
+        out = config.output_path
+        self.classes = level_class_file(out, config.level)
+        self.annotations = {s: level_file(out, config.level, s) for s in ("train", "validation")}
         self.params = {s: os.path.join(out, f"{s}_image_params.csv") for s in ("train", "validation")}
-        self.images = {s: os.path.join(args.dataset_path, s) for s in ("train", "validation")}
+        self.images = {s: os.path.join(config.dataset_path, s) for s in ("train", "validation")}
 
     def check(self, subsets: tuple[str, ...]) -> None:
         needed = [self.classes] + [p for s in subsets for p in (self.annotations[s], self.params[s])]
@@ -320,44 +386,44 @@ def compile_model(model, lr: float = LEARNING_RATE, clipnorm: float = CLIPNORM) 
                   optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=clipnorm))
 
 
-def _create_model(args: argparse.Namespace, num_classes: int, anchors):
+def _create_model(config: TrainConfig, num_classes: int, anchors):
     """A new compiled training model with these anchors, initialised as the flags say."""
     from oid_retinanet.model.resnet import CONV1_ZERO_PADDING
     from oid_retinanet.model.retinanet import retinanet
 
-    policy = MIXED_POLICIES[args.mixed_precision] if args.mixed_precision else "float32"
+    policy = MIXED_POLICIES[config.mixed_precision] if config.mixed_precision else "float32"
     # conv1 as keras-resnet 0.1.0 (the 2018 releases), which is also how the ImageNet weights were trained
-    model = retinanet(num_classes, backbone=args.backbone, conv1=CONV1_ZERO_PADDING, anchor_params=anchors,
+    model = retinanet(num_classes, backbone=config.backbone, conv1=CONV1_ZERO_PADDING, anchor_params=anchors,
                       dtype_policy=policy)
-    if args.weights:
+    if config.weights:
         from oid_retinanet.model.h5 import load_weights_h5
 
-        if args.weights.endswith(".keras"):
+        if config.weights.endswith(".keras"):
             import keras
 
-            source = keras.saving.load_model(args.weights, compile=False)
+            source = keras.saving.load_model(config.weights, compile=False)
             _copy_matching_weights(source, model)
         else:
-            report = load_weights_h5(model, args.weights, skip_mismatch=True)
-            log.info("%s: %s", args.weights, report)
-    elif args.imagenet_weights:
+            report = load_weights_h5(model, config.weights, skip_mismatch=True)
+            log.info("%s: %s", config.weights, report)
+    elif config.imagenet_weights:
         from oid_retinanet.model.backbones import family
 
-        if not family(args.backbone).imagenet:
-            raise OIDInputError(f"--imagenet-weights: only for the ResNets; train {args.backbone} with --no-weights "
+        if not family(config.backbone).imagenet:
+            raise OIDInputError(f"--imagenet-weights: only for the ResNets; train {config.backbone} with --no-weights "
                                 "or --weights")
         from oid_retinanet.model.imagenet import fetch_imagenet_weights, load_imagenet_backbone
 
-        depth = int(args.backbone.replace("resnet", ""))
-        path = fetch_imagenet_weights(depth, args.imagenet_source, models_path=args.models_path)
+        depth = int(config.backbone.replace("resnet", ""))
+        path = fetch_imagenet_weights(depth, config.imagenet_source, models_path=config.models_path)
         log.info("ImageNet weights: %s", load_imagenet_backbone(model, path))
-    if args.freeze_backbone:
+    if config.freeze_backbone:
         from oid_retinanet.model.backbones import is_backbone_layer
 
         for layer in model.layers:
             if is_backbone_layer(layer.name):
                 layer.trainable = False
-    compile_model(model, args.lr, args.optimizer_clipnorm)
+    compile_model(model, config.lr, config.optimizer_clipnorm)
     return model
 
 
@@ -378,38 +444,38 @@ def _copy_matching_weights(source, target) -> None:
     log.info("copied weights of %d layers, skipped %d (missing or of another shape)", copied, skipped)
 
 
-def _anchors(args: argparse.Namespace, snapshot: str | None):
+def _anchors(config: TrainConfig, snapshot: str | None):
     """The anchors to train with: --config, else the snapshot's card's, else keras-retinanet's. A --config that
     differs from the snapshot's card is an error naming both."""
     from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, read_anchor_config
     from oid_retinanet.model.card import read_card
 
-    given = read_anchor_config(args.config) if args.config else None
+    given = read_anchor_config(config.anchor_config) if config.anchor_config else None
     card = read_card(snapshot) if snapshot else None
     if card is None or card.is_assumed("anchors"):
         return given or DEFAULT_ANCHOR_PARAMS
     if given is not None and given != card.anchors:
         raise OIDInputError(f"anchors {given.describe()}, but the snapshot was trained with {card.anchors.describe()} "
                             f"({card.source}): "
-                            "leave --config out to go on with them", args.config)
+                            "leave --config out to go on with them", config.anchor_config)
     return card.anchors
 
 
-def _card(args: argparse.Namespace, model, classes, anchors, inputs: _Inputs, images: int):
+def _card(config: TrainConfig, model, classes, anchors, inputs: _Inputs, images: int):
     """The model card every snapshot of this run carries."""
     from oid_retinanet.model.card import ModelCard
     from oid_retinanet.model.resnet import CONV1_SAME, CONV1_ZERO_PADDING
 
     conv1 = CONV1_ZERO_PADDING if any(layer.name == "padding_conv1" for layer in model.layers) else CONV1_SAME
-    return ModelCard(backbone=args.backbone, num_classes=len(classes), conv1=conv1,
-                     classes=tuple(zip(classes.mids, classes.names)), min_side=args.image_min_side,
-                     max_side=args.image_max_side, anchors=anchors,
-                     training={"level": args.level, "annotations": inputs.annotations["train"],
-                               "class_file": inputs.classes, "images": images, "labels_filter": args.labels_filter,
-                               "seed": args.seed})
+    return ModelCard(backbone=config.backbone, num_classes=len(classes), conv1=conv1,
+                     classes=tuple(zip(classes.mids, classes.names)), min_side=config.image_min_side,
+                     max_side=config.image_max_side, anchors=anchors,
+                     training={"level": config.level, "annotations": inputs.annotations["train"],
+                               "class_file": inputs.classes, "images": images, "labels_filter": config.labels_filter,
+                               "seed": config.seed})
 
 
-def _resume_model(path: str, args: argparse.Namespace, num_classes: int):
+def _resume_model(path: str, config: TrainConfig, num_classes: int):
     """(model, epoch) from a snapshot: ours with its optimizer state, or a keras-retinanet .h5's weights."""
     from oid_retinanet.train.callbacks import snapshot_epoch
 
@@ -430,22 +496,22 @@ def _resume_model(path: str, args: argparse.Namespace, num_classes: int):
 
     log.warning("%s: a keras-retinanet file holds no usable optimizer state; Adam restarts", path)
     model = load_keras_retinanet(path, inference=False)
-    compile_model(model, args.lr, args.optimizer_clipnorm)
+    compile_model(model, config.lr, config.optimizer_clipnorm)
     return model, epoch
 
 
-def _write_config(args: argparse.Namespace, inputs: _Inputs, num_classes: int, initial_epoch: int) -> None:
+def _write_config(config: TrainConfig, inputs: _Inputs, num_classes: int, initial_epoch: int) -> None:
     import keras
 
     from oid_retinanet.files import atomic_write_text
 
-    config = {k: v for k, v in vars(args).items()}
-    config.update(num_classes=num_classes, initial_epoch=initial_epoch, class_file=inputs.classes,
+    record = asdict(config)
+    record.update(num_classes=num_classes, initial_epoch=initial_epoch, class_file=inputs.classes,
                   annotations=inputs.annotations, image_params=inputs.params, images=inputs.images,
                   backend=keras.backend.backend(), keras=keras.__version__, python=platform.python_version(),
                   command=" ".join(sys.argv))
-    os.makedirs(args.snapshot_path, exist_ok=True)
-    atomic_write_text(os.path.join(args.snapshot_path, CONFIG_FILE), json.dumps(config, indent=1) + "\n")
+    os.makedirs(config.snapshot_path, exist_ok=True)
+    atomic_write_text(os.path.join(config.snapshot_path, CONFIG_FILE), json.dumps(record, indent=1) + "\n")
 
 
 def _check_snapshot_classes(snapshot: str, classes) -> None:
@@ -463,23 +529,23 @@ def _check_snapshot_classes(snapshot: str, classes) -> None:
                             recorded_path)
 
 
-def train(args: argparse.Namespace):
-    """Train as the flags say; returns the Keras History."""
-    if args.gpu:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    inputs = _Inputs(args)
-    inputs.check(("train", "validation") if args.evaluation else ("train",))
-    snapshot = args.snapshot
-    if args.resume:
+def train(config: TrainConfig):
+    """Train as `config` says; returns the Keras History (None when the snapshot is already at --epochs)."""
+    if config.gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu
+    inputs = _Inputs(config)
+    inputs.check(("train", "validation") if config.evaluation else ("train",))
+    snapshot = config.snapshot
+    if config.resume:
         from oid_retinanet.train.callbacks import latest_snapshot
 
-        found = latest_snapshot(args.snapshot_path, args.backbone, args.level)
+        found = latest_snapshot(config.snapshot_path, config.backbone, config.level)
         if found is None:
-            log.info("--resume: no snapshot in %s, starting anew", args.snapshot_path)
+            log.info("--resume: no snapshot in %s, starting anew", config.snapshot_path)
         snapshot = str(found) if found else None
     if snapshot and not os.path.isfile(snapshot):
         raise FileNotFoundError(2, "No such file or directory", snapshot)
-    scope = _distribution(args.multi_gpu)
+    scope = _distribution(config.multi_gpu)
 
     import keras
 
@@ -489,75 +555,81 @@ def train(args: argparse.Namespace):
     from oid_retinanet.train import callbacks as cb
 
     train_data = load_level_data(inputs.annotations["train"], inputs.classes, inputs.params["train"],
-                                 inputs.images["train"], args.labels_filter)
-    anchors = _anchors(args, snapshot)
+                                 inputs.images["train"], config.labels_filter)
+    anchors = _anchors(config, snapshot)
     from oid_retinanet.model.backbones import feature_shapes_fn
 
-    common = dict(batch_size=args.batch_size, min_side=args.image_min_side, max_side=args.image_max_side,
-                  feature_shapes=feature_shapes_fn(args.backbone), anchor_params=anchors)
+    common = dict(batch_size=config.batch_size, min_side=config.image_min_side, max_side=config.image_max_side,
+                  feature_shapes=feature_shapes_fn(config.backbone), anchor_params=anchors)
     train_gen = OpenImagesGenerator(train_data, GeneratorConfig(
-        **common, steps=args.steps, seed=args.seed, group=args.group,
-        transform=RandomTransform.ORIGINAL_FULL if args.random_transform else RandomTransform.FLIP_X,
-        intensity=INTENSITY_CHANGE if args.intensity_change else None), workers=args.workers,
-        max_queue_size=args.max_queue_size)
+        **common, steps=config.steps, seed=config.seed, group=config.group,
+        transform=RandomTransform.ORIGINAL_FULL if config.random_transform else RandomTransform.FLIP_X,
+        intensity=INTENSITY_CHANGE if config.intensity_change else None), workers=config.workers,
+        max_queue_size=config.max_queue_size)
     if snapshot:
         _check_snapshot_classes(snapshot, train_data.classes)
-    keras.utils.set_random_seed(args.seed)  # initial weights too: the same flags give the same model
+    keras.utils.set_random_seed(config.seed)  # initial weights too: the same flags give the same model
     with scope if scope is not None else contextlib.nullcontext():
         if snapshot:
-            model, initial_epoch = _resume_model(snapshot, args, train_data.num_classes)
+            model, initial_epoch = _resume_model(snapshot, config, train_data.num_classes)
             log.info("resuming from %s after epoch %d", snapshot, initial_epoch)
         else:
-            model, initial_epoch = _create_model(args, train_data.num_classes, anchors), 0
-    if args.initial_epoch is not None:
-        log.info("--initial-epoch %d (the %s said %d)", args.initial_epoch, "snapshot" if snapshot else "start",
+            model, initial_epoch = _create_model(config, train_data.num_classes, anchors), 0
+    if config.initial_epoch is not None:
+        log.info("--initial-epoch %d (the %s said %d)", config.initial_epoch, "snapshot" if snapshot else "start",
                  initial_epoch)
-        initial_epoch = args.initial_epoch
-    if initial_epoch >= args.epochs:
-        log.info("snapshot is at epoch %d; --epochs %d: nothing to do", initial_epoch, args.epochs)
+        initial_epoch = config.initial_epoch
+    if initial_epoch >= config.epochs:
+        log.info("snapshot is at epoch %d; --epochs %d: nothing to do", initial_epoch, config.epochs)
         return None
     train_gen.start_epoch(initial_epoch)
 
     callbacks, val_gen = [], None
-    if args.evaluation or args.compute_val_loss:
+    if config.evaluation or config.compute_val_loss:
         val_data = load_level_data(inputs.annotations["validation"], inputs.classes, inputs.params["validation"],
-                                   inputs.images["validation"], args.labels_filter)
+                                   inputs.images["validation"], config.labels_filter)
         val_gen = OpenImagesGenerator(val_data, GeneratorConfig(**common, sampling="sequential"))
-    if args.evaluation:
-        options = {"weighted_average": True} if args.weighted_average and args.eval_metric == "voc" else {}
-        callbacks.append(cb.evaluation_callback(val_gen, args.eval_metric, os.path.join(
-            args.snapshot_path, f"mAP_stat_{args.backbone}.txt"), **options))
-    callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=args.reduce_lr_factor,
-                                                       patience=args.reduce_lr_patience, min_delta=LR_MIN_DELTA,
+    if config.evaluation:
+        options = {"weighted_average": True} if config.weighted_average and config.eval_metric == "voc" else {}
+        callbacks.append(cb.evaluation_callback(val_gen, config.eval_metric, os.path.join(
+            config.snapshot_path, f"mAP_stat_{config.backbone}.txt"), **options))
+    callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=config.reduce_lr_factor,
+                                                       patience=config.reduce_lr_patience, min_delta=LR_MIN_DELTA,
                                                        min_lr=LR_MIN, verbose=1))
-    if args.tensorboard_dir:
-        freq = int(args.tensorboard_freq) if args.tensorboard_freq.isdigit() else args.tensorboard_freq
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=args.tensorboard_dir, update_freq=freq))
-    os.makedirs(args.snapshot_path, exist_ok=True)
-    callbacks.append(cb.TrainingLog(os.path.join(args.snapshot_path, "training_log.csv"), append=True))
-    if args.snapshots:
-        card = _card(args, model, train_data.classes, anchors, inputs, len(train_data))
-        callbacks.append(cb.Snapshot(args.snapshot_path, args.backbone, args.level, keep=args.keep_snapshots,
-                                     every=args.snapshot_every, card=card))
-    _write_config(args, inputs, train_data.num_classes, initial_epoch)
-    write_class_descriptions(os.path.join(args.snapshot_path, CLASSES_FILE),
+    if config.tensorboard_dir:
+        freq = int(config.tensorboard_freq) if config.tensorboard_freq.isdigit() else config.tensorboard_freq
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=config.tensorboard_dir, update_freq=freq))
+    os.makedirs(config.snapshot_path, exist_ok=True)
+    callbacks.append(cb.TrainingLog(os.path.join(config.snapshot_path, "training_log.csv"), append=True))
+    if config.snapshots:
+        card = _card(config, model, train_data.classes, anchors, inputs, len(train_data))
+        callbacks.append(cb.Snapshot(config.snapshot_path, config.backbone, config.level, keep=config.keep_snapshots,
+                                     every=config.snapshot_every, card=card))
+    _write_config(config, inputs, train_data.num_classes, initial_epoch)
+    write_class_descriptions(os.path.join(config.snapshot_path, CLASSES_FILE),
                              zip(train_data.classes.mids, train_data.classes.names))
     log.info("training %s on level %s: %d images, %d classes, %d epochs x %d steps of %d, sides %d/%d",
-             args.backbone, args.level, len(train_data), train_data.num_classes, args.epochs, args.steps,
-             args.batch_size, args.image_min_side, args.image_max_side)
-    return model.fit(train_gen, epochs=args.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                     validation_data=val_gen if args.compute_val_loss else None,
+             config.backbone, config.level, len(train_data), train_data.num_classes, config.epochs, config.steps,
+             config.batch_size, config.image_min_side, config.image_max_side)
+    return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                     validation_data=val_gen if config.compute_val_loss else None,
                      verbose=1 if sys.stderr.isatty() else 2)
 
 
-def run_script(backbone: str, description: str, argv: list[str] | None, constants) -> int:
-    """main() of a training script; `constants`: the script's a00_utils_and_constants (its paths are the defaults)."""
+def parse_config(backbone: str, description: str, argv: list[str] | None, constants) -> TrainConfig:
+    """A training script's command line as a TrainConfig: the flags, with --resume's earlier settings and
+    keras-retinanet's forms applied and checked (logging is set up here: those steps log what they change).
+    `constants`: the script's a00_utils_and_constants, whose paths are the defaults."""
     from oid_retinanet.cli import setup_logging
 
     paths = {name: getattr(constants, name) for name in ("DATASET_PATH", "OUTPUT_PATH", "MODELS_PATH")}
     parser = build_parser(backbone, description, paths)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    args = check_args(keras_retinanet_args(resume_settings(args, given_options(parser, argv))))
-    train(args)
+    return TrainConfig.from_args(check_args(keras_retinanet_args(resume_settings(args, given_options(parser, argv)))))
+
+
+def run_script(backbone: str, description: str, argv: list[str] | None, constants) -> int:
+    """main() of a training script for `backbone`."""
+    train(parse_config(backbone, description, argv, constants))
     return 0
