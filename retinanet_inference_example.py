@@ -32,6 +32,7 @@ from pathlib import Path
 import a00_utils_and_constants as C
 from oid_retinanet.cli import fraction, positive_int, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
+from oid_retinanet.predict.cache import cache_folder_name
 from oid_retinanet.predict.ensemble import MERGE_TYPES, MIRROR_DEFAULTS
 
 log = logging.getLogger("retinanet_inference_example")
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = Path(args.weights).stem if args.weights else None
     if args.cache_dir is None and stem is None:
         raise OIDInputError("--cache-dir is needed with --from-cache and no --weights")
-    cache_dir = args.cache_dir or C.OUTPUT_PATH + f"cache_retinanet_{stem}/"
+    cache_dir = args.cache_dir or C.OUTPUT_PATH + cache_folder_name(stem) + "/"
     output = args.output or (C.SUBM_PATH + f"retinanet_{stem}_predictions.csv" if stem else None)
     if output is None and not args.shard:
         raise OIDInputError("--output is needed with --from-cache and no --weights")

@@ -16,6 +16,9 @@ from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path
 
 MID_PATTERN = re.compile(r"^/[mg]/[0-9a-z_]+$")
+# A model's class list written beside what it made (its snapshots, its prediction cache): MID,DisplayName lines
+# in output order.
+CLASSES_FILE = "classes.csv"
 
 
 @dataclass(frozen=True)

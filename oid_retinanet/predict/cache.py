@@ -48,6 +48,7 @@ import numpy as np
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path, check_settings
 from oid_retinanet.oid.classes import (
+    CLASSES_FILE,
     ClassList,
     class_list_difference,
     read_class_descriptions,
@@ -56,7 +57,6 @@ from oid_retinanet.oid.classes import (
 
 CACHE_SUFFIX = ".npz"
 MEMBERS = ("boxes", "scores", "labels")
-CLASSES_FILE = "classes.csv"  # the class list of the model that wrote the folder
 SETTINGS_FILE = "settings.json"  # what else the predictions depend on
 FAILURES_FILE = "failures.txt"  # the images stage 4 could not read
 CACHE_FORMAT = 1  # raise when what a cache file holds, or how it is computed, changes
@@ -76,6 +76,12 @@ class ImageCache:
     def rows(self) -> int:
         """1 (the image) or 2 (the image and its mirrored copy)."""
         return self.boxes.shape[0]
+
+
+def cache_folder_name(model: str) -> str:
+    """The default cache folder of a model (stage 4: its weights file's stem; stage 6's defaults: the original's
+    `level_K_resnetN`): `cache_retinanet_<model>`."""
+    return f"cache_retinanet_{model}"
 
 
 def cache_file(cache_dir: str | os.PathLike, image_id: str) -> Path:

@@ -46,15 +46,13 @@ class ResolvedModel:
         from oid_retinanet.model.h5 import load_model
         from oid_retinanet.model.retinanet import is_inference_model, retinanet_bbox, training_model_of
 
-        settings = dict(self.card.filter, anchor_params=self.card.anchors, box_mean=self.card.box_mean,
-                        box_std=self.card.box_std)
-        if self._loaded is not None:
-            if is_inference_model(self._loaded):
-                return self._loaded
-            return retinanet_bbox(training_model_of(self._loaded), **settings)
-        if self.path.endswith(".keras"):
-            return load_model(self.path, inference=True, **settings)
-        return load_model(self.path, inference=True, anchor_params=self.card.anchors)
+        if self._loaded is None and not self.path.endswith(".keras"):  # keras-retinanet's .h5: its own settings
+            return load_model(self.path, inference=True, anchor_params=self.card.anchors)
+        model = self._loaded if self._loaded is not None else load_model(self.path)
+        if is_inference_model(model):
+            return model
+        return retinanet_bbox(training_model_of(model), **self.card.filter, anchor_params=self.card.anchors,
+                              box_mean=self.card.box_mean, box_std=self.card.box_std)
 
     def describe(self) -> str:
         """One line for the log."""

@@ -11,6 +11,7 @@ from oid_retinanet.boxes.wbf import WBF_CONF_TYPES
 from oid_retinanet.cli import fraction, positive_float, positive_int, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.oid.classes import read_class_descriptions
+from oid_retinanet.predict.cache import cache_folder_name
 from oid_retinanet.predict.ensemble import (
     BATCH_IMAGES,
     ENSEMBLE_DEFAULTS,
@@ -26,7 +27,8 @@ DEFAULT_LEVEL = {"2018": "1", "2019": "5"}
 def default_cache_dirs(variant: str, level: str, constants) -> list[str]:
     """The original's input folders: ResNet101 and ResNet152 caches of the level."""
     suffix = "_validation" if variant == "2018" else ""
-    return [constants.OUTPUT_PATH + f"cache_retinanet_level_{level}_{b}{suffix}/" for b in ("resnet101", "resnet152")]
+    return [constants.OUTPUT_PATH + cache_folder_name(f"level_{level}_{b}{suffix}") + "/"
+            for b in ("resnet101", "resnet152")]
 
 
 def default_output(variant: str, level: str, n_inputs: int, skip_box_thr: float, iou_thr: float, type: str,

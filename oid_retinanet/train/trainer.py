@@ -40,7 +40,6 @@ LEARNING_RATE = 1e-5
 CLIPNORM = 0.001
 LR_FACTOR, LR_PATIENCE, LR_MIN_DELTA, LR_MIN = 0.9, 2, 1e-4, 1e-7
 INTENSITY_CHANGE = (-30, 30)
-CLASSES_FILE = "classes.csv"  # the model's classes in output order, for --labels of inference
 CONFIG_FILE = "training_config.json"
 # Options --resume does not take from the earlier run's configuration: how to start, where, and the run's identity.
 NOT_RESUMED = frozenset({"snapshot", "resume", "weights", "imagenet_weights", "imagenet_source", "models_path",
@@ -517,7 +516,7 @@ def _write_config(config: TrainConfig, inputs: _Inputs, num_classes: int, initia
 def _check_snapshot_classes(snapshot: str, classes) -> None:
     """OIDInputError when the snapshot's run (its folder's classes.csv) trained other classes than this one would:
     resumed, the head's outputs would silently mean other classes (or not fit)."""
-    from oid_retinanet.oid.classes import class_list_difference, read_class_descriptions
+    from oid_retinanet.oid.classes import CLASSES_FILE, class_list_difference, read_class_descriptions
 
     recorded_path = os.path.join(os.path.dirname(os.path.abspath(snapshot)), CLASSES_FILE)
     if not os.path.isfile(recorded_path):
@@ -551,7 +550,7 @@ def train(config: TrainConfig):
 
     from oid_retinanet.data.augment import RandomTransform
     from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
-    from oid_retinanet.oid.classes import write_class_descriptions
+    from oid_retinanet.oid.classes import CLASSES_FILE, write_class_descriptions
     from oid_retinanet.train import callbacks as cb
 
     train_data = load_level_data(inputs.annotations["train"], inputs.classes, inputs.params["train"],
