@@ -677,7 +677,7 @@ def test_help_exits_zero(capsys):
 # The training callback (imports Keras)
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_callback_logs_map_during_fit():
+def test_callback_logs_map_during_fit(tmp_path):
     keras = pytest.importorskip("keras")
     from oid_retinanet.train.callbacks import MeanAPCallback
 
@@ -693,7 +693,13 @@ def test_callback_logs_map_during_fit():
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    callback = MeanAPCallback(predict, gt)
+    report = tmp_path / "mAP_stat_resnet50.txt"
+    callback = MeanAPCallback(predict, gt, report_path=str(report))
     history = model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=2, verbose=0, callbacks=[callback])
     assert history.history["mAP"] == [0.5, 1.0]
+    first, *others = callback.last_result.classes.names  # /m/a has the boxes; the others none (AP 0, as there)
+    none = [f"0 instances of class {name} with average precision: 0.0000" for name in others]
+    assert others and report.read_text().splitlines() == [  # appended per epoch, in the original's format
+        f"2 instances of class {first} with average precision: 0.5000", *none, "Ep 1: mAP: 0.5000",
+        f"2 instances of class {first} with average precision: 1.0000", *none, "Ep 2: mAP: 1.0000"]
     assert calls[0] is model and callback.last_result.num_scored == 1

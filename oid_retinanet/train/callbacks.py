@@ -22,7 +22,6 @@ import numpy as np
 from oid_retinanet.data.generator import OpenImagesGenerator
 from oid_retinanet.evaluate import evaluate_predictions
 from oid_retinanet.evaluate.oid_map import EvalClasses, GroundTruth, MetricResult, ground_truth_from_frames
-from oid_retinanet.files import atomic_write_text
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters
 from oid_retinanet.model.card import ModelCard, save_model
 from oid_retinanet.model.retinanet import retinanet_bbox
@@ -109,8 +108,9 @@ class MeanAPCallback(keras.callbacks.Callback):
     predict: called with the model being trained; returns (or yields) ImagePredictions, boxes x1, y1, x2, y2
     normalised to [0, 1] (or in pixels with metric="voc", plus_one=True, as the 2018 keras-retinanet scored them).
     options: passed to the evaluator (e.g. score_threshold, max_detections, weighted_average for "voc").
-    The last result (per-class AP and counts) is kept in `last_result`, and written as a table to `report_path`
-    when given.
+    The last result (per-class AP and counts) is kept in `last_result`. report_path: every evaluation is appended
+    to it as the original's callback appended to `mAP_stat_<backbone>.txt`: a line per class, `N instances of
+    class NAME with average precision: AP` (0 for a class without boxes), then `Ep E: mAP: M`.
     """
 
     def __init__(self, predict: Callable[[keras.Model], Iterable[ImagePredictions]], ground_truth: GroundTruth,
@@ -139,8 +139,11 @@ class MeanAPCallback(keras.callbacks.Callback):
             log.info("epoch %d: %s %s = %.4f over %d classes", epoch + 1, self.metric, self.log_key,
                      result.mean_ap, result.num_scored)
         if self.report_path:
-            atomic_write_text(self.report_path, f"epoch {epoch + 1} {self.metric} {self.log_key} "
-                              f"{result.mean_ap:.6f}\n{result.per_class().to_string()}\n")
+            table = result.per_class()
+            lines = [f"{n:.0f} instances of class {name} with average precision: {0.0 if ap != ap else ap:.4f}\n"
+                     for name, n, ap in zip(table["name"], table["num_gt"].fillna(0), table["AP"])]
+            with open(self.report_path, "a", encoding="utf-8") as f:  # one write per epoch, as the original
+                f.write("".join(lines) + f"Ep {epoch + 1}: mAP: {result.mean_ap:.4f}\n")
 
 
 def validation_ground_truth(generator: OpenImagesGenerator) -> GroundTruth:

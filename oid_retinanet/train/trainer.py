@@ -11,7 +11,8 @@ after every N-th and the last: `resnet50_oid_level_1_05.keras`: model, optimizer
 model card: backbone, classes, sides, anchors (--config), training data; model/card.py),
 `training_log.csv` (loss and mAP per epoch, appended across resumed runs), `training_config.json` (the
 resolved settings), `classes.csv` (the model's classes in output order: `--labels` of
-retinanet_inference_example.py) and `mAP_stat_<backbone>.txt` (per-class AP of the last evaluation).
+retinanet_inference_example.py) and `mAP_stat_<backbone>.txt` (each evaluation appended as the original did: a
+line per class, then `Ep E: mAP: M`).
 `--snapshot FILE` resumes at the epoch in its name with its optimizer state (or only the weights, from a
 keras-retinanet .h5); `--resume` picks the newest snapshot in --snapshot-path and takes the earlier run's
 settings from its `training_config.json` for every option not given again (those given win, and the
