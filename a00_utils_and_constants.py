@@ -34,3 +34,14 @@ LABEL_PATH = _path("OID_LABEL_PATH", ROOT_PATH + "label/")
 # The 2019 challenge files could not be obtained for the package: bring your own.
 CLASS_DESCRIPTIONS_2019_CSV = LABEL_PATH + "challenge-2019-classes-description-500.csv"
 HIERARCHY_2019_JSON = LABEL_PATH + "challenge-2019-label500-hierarchy.json"
+
+
+def __getattr__(name: str):
+    """The original's level label lists, read from the shipped data when first used (importing this file reads
+    nothing): LEVEL_1_LABELS ... LEVEL_5_LABELS, LEVEL_1_LABELS_LOW_SAMPLES, ALL_LABELS (display names)."""
+    from oid_retinanet.oid.levels import original_label_lists
+
+    lists = original_label_lists()
+    if name in lists:
+        return lists[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

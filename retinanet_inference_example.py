@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 import a00_utils_and_constants as C
-from oid_retinanet.cli import fraction, positive_int, script_main, setup_logging
+from oid_retinanet.cli import PARALLEL_ITERATIONS_HELP, fraction, positive_int, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.predict.cache import cache_folder_name
 from oid_retinanet.predict.ensemble import MERGE_TYPES, MIRROR_DEFAULTS
@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="draw the detections of K images into <cache-dir>/visualize/")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per model call (default: %(default)s)")
     p.add_argument("--workers", type=positive_int, default=2, help="threads reading images (default: %(default)s)")
+    p.add_argument("--parallel-iterations", type=positive_int, metavar="N", help=PARALLEL_ITERATIONS_HELP)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.from_cache and not (args.weights and args.images):

@@ -164,3 +164,7 @@ def quiet_backend_start(verbose: bool) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+PARALLEL_ITERATIONS_HELP = ("keras-retinanet's images filtered in parallel (tf.map_fn); accepted, with no effect: "
+                            "here a batch's detections are filtered in one vectorised step")

@@ -28,7 +28,7 @@ try:
 except ImportError:
     import _bootstrap  # noqa: F401
 
-from oid_retinanet.cli import positive_int, script_main, setup_logging
+from oid_retinanet.cli import PARALLEL_ITERATIONS_HELP, positive_int, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
 
 log = logging.getLogger("convert_retinanet_model")
@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "without a card (default: the card's, else keras-retinanet's)")
     p.add_argument("--write-card", action="store_true", help="also write the card beside MODEL_IN as "
                    "MODEL_IN.card.json")
+    p.add_argument("--parallel-iterations", type=positive_int, metavar="N", help=PARALLEL_ITERATIONS_HELP)
     p.add_argument("--skip-mismatch", action="store_true",
                    help="load the layers that match and leave the others at their initial values")
     p.add_argument("-v", "--verbose", action="store_true")

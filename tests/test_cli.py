@@ -144,3 +144,18 @@ def test_a_file_that_is_not_utf8_is_one_line(tmp_path, capsys, case, kind):
     assert rc == 2 and "Traceback" not in err and len(lines) == 1, err
     # gzip and UTF-16 are not UTF-8 from their first byte; the stray byte may be met after a bad row
     assert lines[0].startswith(f"error: {bad}") and ("UTF-8" in lines[0] or kind == "stray byte"), lines[0]
+
+
+def test_keras_retinanet_parallel_iterations_is_accepted_and_checked(capsys):
+    """keras-retinanet's convert_model.py / evaluate.py flag: accepted (no effect here), a positive count."""
+    import retinanet_inference_example as stage4
+    from retinanet_training_level_1 import convert_retinanet_model as convert
+
+    assert convert.parse_args(["in.h5", "out.keras", "--parallel-iterations", "8"]).parallel_iterations == 8
+    args = stage4.parse_args(["--weights", "w.h5", "--images", "d", "--parallel-iterations", "4"])
+    assert args.parallel_iterations == 4
+    for parse, argv in ((convert.parse_args, ["in.h5", "out.keras"]),
+                        (stage4.parse_args, ["--from-cache", "--cache-dir", "c"])):
+        with pytest.raises(SystemExit):
+            parse([*argv, "--parallel-iterations", "0"])
+        assert "--parallel-iterations" in capsys.readouterr().err

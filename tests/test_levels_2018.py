@@ -116,3 +116,21 @@ def test_released_class_lists():
     assert {m for m, _ in l500} == set(c500.mids)
     with pytest.raises(Exception, match="no released class list has 7 classes"):
         released_class_list(7, v4)
+
+
+def test_a00_holds_the_originals_level_label_lists():
+    """ZFTurbo's a00 held the level lists users imported (its README links LEVEL_1_LABELS as the class list): read
+    from the shipped data when first used, in the original's order (values from the original file)."""
+    import a00_utils_and_constants as C
+
+    assert C.LEVEL_1_LABELS[:3] == ["Accordion", "Adhesive tape", "Airplane"] and C.LEVEL_1_LABELS[-1] == "Zucchini"
+    assert C.LEVEL_2_LABELS[:3] == ["Toy", "Home appliance", "Plumbing fixture"]
+    assert C.LEVEL_3_LABELS == ["Seafood", "Watercraft", "Insect", "Carnivore"]
+    assert C.LEVEL_4_LABELS == ["Vegetable", "Land vehicle", "Reptile", "Invertebrate"]
+    assert C.LEVEL_5_LABELS == ["Furniture", "Vehicle", "Animal"]
+    assert [len(getattr(C, f"LEVEL_{k}_LABELS")) for k in range(1, 6)] == [443, 46, 4, 4, 3]
+    assert len(C.LEVEL_1_LABELS_LOW_SAMPLES) == 97 and C.LEVEL_1_LABELS_LOW_SAMPLES[:2] == ["Adhesive tape",
+                                                                                             "Alarm clock"]
+    assert C.ALL_LABELS == C.LEVEL_1_LABELS + C.LEVEL_2_LABELS + C.LEVEL_3_LABELS + C.LEVEL_4_LABELS + C.LEVEL_5_LABELS
+    with pytest.raises(AttributeError, match="LEVEL_6_LABELS"):
+        getattr(C, "LEVEL_6_LABELS")

@@ -83,6 +83,17 @@ def _load_json(name: str) -> dict:
         return json.load(f)
 
 
+def original_label_lists() -> dict[str, list[str]]:
+    """The level label lists ZFTurbo's a00_utils_and_constants.py held, as display names in its order:
+    LEVEL_1_LABELS ... LEVEL_5_LABELS, LEVEL_1_LABELS_LOW_SAMPLES and ALL_LABELS (levels 1 to 5, the 500 classes
+    in the 2019 models' output order)."""
+    data = _load_json("levels_2018.json")
+    lists = {f"LEVEL_{k}_LABELS": list(names) for k, names in data["levels"].items()}
+    lists["LEVEL_1_LABELS_LOW_SAMPLES"] = list(data["level_1_low_samples"])
+    lists["ALL_LABELS"] = [n for k in sorted(data["levels"]) for n in data["levels"][k]]
+    return lists
+
+
 def levels_2018(classes: ClassList) -> dict[str, LevelSpec]:
     """The 2018 level specs, names resolved through the v4 class list `classes` (unique names)."""
     data = _load_json("levels_2018.json")
