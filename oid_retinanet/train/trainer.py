@@ -47,6 +47,12 @@ NOT_RESUMED = frozenset({"snapshot", "resume", "weights", "imagenet_weights", "i
                          "snapshot_path", "backbone", "level", "gpu", "verbose", "multi_gpu_force",
                          "initial_epoch"})
 MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# Where a level's training inputs come from. levels: stage 1's train/validation files, images in DATASET_PATH/train/
+# and validation/; exists: the 2019 exists split (labelProcess/gen_exists_annotation.py), whose validation images
+# are taken from the train folder, sized by train_image_params.csv, as gujingxiao's generator read them.
+SPLITS = ("levels", "exists")
+# gujingxiao's train_oid_2019_resnet50.py: the exists split, batch 2, 100 epochs, Adam 1e-4, learning rate x0.8
+FLOW_2019 = {"split": "exists", "batch_size": 2, "epochs": 100, "lr": 1e-4, "reduce_lr_factor": 0.8}
 
 
 @dataclass
@@ -63,6 +69,10 @@ class TrainConfig:
     image_min_side: int
     image_max_side: int
     level: str = "1"
+    split: str = "levels"  # which files: SPLITS
+    select: bool = False  # split "exists": the -select file of labelProcess/tooMuch_label_select.py
+    train_annotations: str | None = None  # instead of the split's file
+    validation_annotations: str | None = None
     labels_filter: list[str] | None = None  # display names or MIDs, in model output order
     snapshot: str | None = None  # resume from this file
     resume: bool = False
@@ -111,9 +121,11 @@ def _default(name: str):
     return TrainConfig.__dataclass_fields__[name].default
 
 
-def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argparse.ArgumentParser:
+def build_parser(backbone: str, description: str, paths: dict[str, str], defaults: dict | None = None
+                 ) -> argparse.ArgumentParser:
     """The options of a training script for `backbone` (whose registry entry gives the default image sides);
-    `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH)."""
+    `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH); `defaults` other defaults of
+    the script (FLOW_2019 for the 2019 one)."""
     from oid_retinanet.model.backbones import default_sides
 
     min_side, max_side = default_sides(backbone)
@@ -137,8 +149,18 @@ def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argp
     p.add_argument("--backbone", default=backbone, type=_backbone,
                    help="resnet50, resnet101, resnet152, or a MobileNet: mobilenet{128,160,192,224}_{0.25,0.5,0.75,"
                         "1.0} (small and fast, e.g. to train from scratch on a CPU) (default: %(default)s)")
-    p.add_argument("--level", default=_default("level"),
+    p.add_argument("--level", "--label-level", default=_default("level"),
                    help="level to train: N reads level_N_files/ (default: %(default)s)")
+    p.add_argument("--split", choices=SPLITS, default=_default("split"),
+                   help="levels: stage 1's train and validation files (images in DATASET_PATH/train/ and "
+                        "validation/); exists: the 2019 exists split of labelProcess/gen_exists_annotation.py "
+                        "(train-exists / val-exists files, both subsets' images in DATASET_PATH/train/) "
+                        "(default: %(default)s)")
+    p.add_argument("--select", action="store_true",
+                   help="with --split exists: train on the -select file of labelProcess/tooMuch_label_select.py")
+    p.add_argument("--train-annotations", metavar="CSV", help="train on this box file instead of the split's")
+    p.add_argument("--validation-annotations", metavar="CSV",
+                   help="validate on this box file instead of the split's")
     p.add_argument("--labels-filter", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
                    help="train only these classes: comma-separated display names or MIDs, in model output order "
                         "(keras-retinanet's oid option; exact names)")
@@ -210,12 +232,14 @@ def build_parser(backbone: str, description: str, paths: dict[str, str]) -> argp
     kr.add_argument("--version", dest="oid_version", default="v4", help=argparse.SUPPRESS)
     kr.add_argument("--annotation-cache-dir", help=argparse.SUPPRESS)
     kr.add_argument("--parent-label", help=argparse.SUPPRESS)
+    kr.add_argument("--fixed-labels", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--group", choices=["ratio", "random"], default=_default("group"),
                    help="batch images of similar aspect ratio, or as drawn (the original) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=_default("seed"),
                    help="seed of the initial weights, the image draw and the augmentation (default: %(default)s)")
     p.add_argument("--gpu", help="accepted for compatibility: sets CUDA_VISIBLE_DEVICES")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(**(defaults or {}))
     return p
 
 
@@ -253,7 +277,11 @@ def keras_retinanet_args(args: argparse.Namespace) -> argparse.Namespace:
     for key, reason in refused.items():
         if getattr(args, key):
             raise OIDInputError(reason)
-    if args.oid_version not in ("v4", "challenge2018"):
+    if args.fixed_labels:
+        log.info("--fixed-labels: the classes are always those of --labels-filter, in its order")
+    if args.select and args.split != "exists":
+        raise OIDInputError("--select picks the -select file of the 2019 exists split: give --split exists too")
+    if args.oid_version not in ("v4", "challenge2018", "challenge2019"):
         raise OIDInputError(f"--version {args.oid_version}: the level files of stage 1 are read (v4 / the 2018 "
                             "challenge); give --dataset-path and --output-path for another release")
     return args
@@ -317,23 +345,36 @@ def resume_settings(args: argparse.Namespace, given: set[str]) -> argparse.Names
 
 
 class _Inputs:
-    """Paths of one level's training inputs."""
+    """Paths of one level's training inputs (see SPLITS)."""
 
     def __init__(self, config: TrainConfig) -> None:
         from oid_retinanet.oid.levels import level_class_file, level_file
 
-        out = config.output_path
-        self.classes = level_class_file(out, config.level)
-        self.annotations = {s: level_file(out, config.level, s) for s in ("train", "validation")}
-        self.params = {s: os.path.join(out, f"{s}_image_params.csv") for s in ("train", "validation")}
-        self.images = {s: os.path.join(config.dataset_path, s) for s in ("train", "validation")}
+        out, level = config.output_path, config.level
+        self.classes = level_class_file(out, level)
+        subsets = ("train", "validation")
+        if config.split == "exists":
+            train = level_file(out, level, "train-exists")
+            self.annotations = {"train": train[:-4] + "-select.csv" if config.select else train,
+                                "validation": level_file(out, level, "val-exists")}
+            self.params = dict.fromkeys(subsets, os.path.join(out, "train_image_params.csv"))
+            self.images = dict.fromkeys(subsets, os.path.join(config.dataset_path, "train"))
+            self.advice = ("run labelProcess/create_files_for_training_by_levels.py, gen_exists_annotation.py (and "
+                           "tooMuch_label_select.py for --select) and collect_image_parameters.py first")
+        else:
+            self.annotations = {s: level_file(out, level, s) for s in subsets}
+            self.params = {s: os.path.join(out, f"{s}_image_params.csv") for s in subsets}
+            self.images = {s: os.path.join(config.dataset_path, s) for s in subsets}
+            self.advice = ("run stage 1 (create_files_for_training_by_levels.py) and stage 2 "
+                           "(find_image_parameters.py) first")
+        for subset, given in (("train", config.train_annotations), ("validation", config.validation_annotations)):
+            self.annotations[subset] = given or self.annotations[subset]
 
     def check(self, subsets: tuple[str, ...]) -> None:
         needed = [self.classes] + [p for s in subsets for p in (self.annotations[s], self.params[s])]
         for path in needed:
             if not os.path.isfile(path):
-                raise OIDInputError("not found: run stage 1 (create_files_for_training_by_levels.py) and stage 2 "
-                                    "(find_image_parameters.py) first, or set --output-path", path)
+                raise OIDInputError(f"not found: {self.advice}, or set --output-path", path)
 
 
 def _distribution(n: int):
@@ -616,20 +657,22 @@ def train(config: TrainConfig):
                      verbose=1 if sys.stderr.isatty() else 2)
 
 
-def parse_config(backbone: str, description: str, argv: list[str] | None, constants) -> TrainConfig:
+def parse_config(backbone: str, description: str, argv: list[str] | None, constants, defaults: dict | None = None
+                 ) -> TrainConfig:
     """A training script's command line as a TrainConfig: the flags, with --resume's earlier settings and
     keras-retinanet's forms applied and checked (logging is set up here: those steps log what they change).
     `constants`: the script's a00_utils_and_constants, whose paths are the defaults."""
     from oid_retinanet.cli import setup_logging
 
     paths = {name: getattr(constants, name) for name in ("DATASET_PATH", "OUTPUT_PATH", "MODELS_PATH")}
-    parser = build_parser(backbone, description, paths)
+    parser = build_parser(backbone, description, paths, defaults)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return TrainConfig.from_args(check_args(keras_retinanet_args(resume_settings(args, given_options(parser, argv)))))
 
 
-def run_script(backbone: str, description: str, argv: list[str] | None, constants) -> int:
-    """main() of a training script for `backbone`."""
-    train(parse_config(backbone, description, argv, constants))
+def run_script(backbone: str, description: str, argv: list[str] | None, constants, defaults: dict | None = None
+               ) -> int:
+    """main() of a training script for `backbone` (`defaults`: the script's own, e.g. FLOW_2019)."""
+    train(parse_config(backbone, description, argv, constants, defaults))
     return 0
