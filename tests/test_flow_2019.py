@@ -43,8 +43,9 @@ def flow(tmp_path_factory) -> dict[str, Path]:
     return {"data": data, "out": out, "root": root}
 
 
-def test_training_on_a_label_level_reads_the_exists_split(flow):
-    from retinanet_training_oid_2019 import convert_retinanet_model as convert
+@pytest.fixture(scope="module")
+def trained(flow) -> Path:
+    """A small model trained two steps on level 2 by the 2019 script, in the original's command form."""
     from retinanet_training_oid_2019 import train_oid_2019_resnet50 as train
 
     snapshots = flow["root"] / "snapshots"
@@ -52,6 +53,13 @@ def test_training_on_a_label_level_reads_the_exists_split(flow):
             "--snapshot-path", str(snapshots), "--image-min-side", "64", "--image-max-side", "80", "--steps", "2",
             "--epochs", "1", "--workers", "1", "oid", str(flow["data"]), "--version", "challenge2019"]
     assert train.main(argv) == 0
+    return snapshots / f"{SMALL}_oid_level_{LEVEL}_01.keras"
+
+
+def test_training_on_a_label_level_reads_the_exists_split(flow, trained):
+    from retinanet_training_oid_2019 import convert_retinanet_model as convert
+
+    snapshots = trained.parent
     config = json.loads((snapshots / "training_config.json").read_text())
     # the 2019 defaults, and the files of the exists split: validation images come from the train folder
     assert (config["split"], config["batch_size"], config["lr"], config["reduce_lr_factor"]) == ("exists", 2, 1e-4, 0.8)
@@ -61,7 +69,7 @@ def test_training_on_a_label_level_reads_the_exists_split(flow):
     assert config["image_params"]["validation"] == str(flow["out"] / "train_image_params.csv")
     log = pd.read_csv(snapshots / "training_log.csv")
     assert "mAP" in log.columns and 0 <= log["mAP"].iloc[0] <= 1  # scored on the val-exists images
-    snapshot = snapshots / f"{SMALL}_oid_level_{LEVEL}_01.keras"
+    snapshot = trained
     card = read_card(snapshot)
     level_classes = read_class_descriptions(level_class_file(str(flow["out"]), LEVEL))
     assert [m for m, _ in card.classes] == list(level_classes.mids) and len(level_classes) == 133
@@ -82,3 +90,42 @@ def test_select_needs_the_exists_split_and_its_file(flow, capsys):
     assert "train-exists-annotations-bbox-level-2-select.csv" in err and "tooMuch_label_select.py" in err
     assert train_2018.main([*base, "--select"]) == 2
     assert "--split exists" in capsys.readouterr().err
+
+
+def test_a_level_model_to_a_scored_submission(flow, trained, tmp_path):
+    """The 2019 submission path after training: per-level predictions (retinanet_inference_make_submission.py,
+    no flip, boxes kept as they are, 3 decimals), the levels joined (concat_all_levels_submission.py), parents
+    added (create_higher_level_predctions.py, the shipped 2018 500-class list and v4 hierarchy standing in for
+    the 2019 files, which could not be obtained) and the official mAP on the validation images."""
+    import evaluate_oid_map
+    from oid_retinanet import resources
+    from retinanet_inference_submission import concat_all_levels_submission as concat
+    from retinanet_inference_submission import create_higher_level_predctions as expand
+    from retinanet_inference_submission import retinanet_inference_make_submission as predict
+    from retinanet_training_oid_2019 import convert_retinanet_model as convert
+
+    data = flow["data"]
+    model = tmp_path / "level_2.keras"  # an untrained model scores about 0.01: keep its boxes
+    assert convert.main([str(trained), str(model), "--score-threshold", "0.001"]) == 0
+    level_csv, cache = tmp_path / "level_2.csv", tmp_path / "cache"
+    assert predict.main(["--label-level", LEVEL, "--weights", str(model), "--images", str(data / "validation"),
+                         "--cache-dir", str(cache), "--output", str(level_csv), "--skip-box-thr", "0.001"]) == 0
+    rows = pd.read_csv(level_csv)
+    tokens = " ".join(rows["PredictionString"].dropna()).split()
+    assert len(rows) == 4 and len(tokens) == 6 * 300 * 4  # no merge: the model's best 300 boxes of each image
+    assert all(len(t.split(".")[1]) == 3 for t in tokens[1::6][:50])  # scores with 3 decimals
+    assert json.loads((cache / "settings.json").read_text())["flip"] is False
+    joined = tmp_path / "all_levels.csv"
+    assert concat.main([str(level_csv), str(level_csv), "-o", str(joined)]) == 0
+    assert len(pd.read_csv(joined)) == 4
+    expanded = tmp_path / "expanded.csv"
+    assert expand.main([str(joined), str(expanded), "--class-descriptions", resources.CLASS_DESCRIPTIONS_500_CSV,
+                        "--hierarchy", resources.HIERARCHY_JSON, "--hierarchy-names",
+                        resources.CLASS_DESCRIPTIONS_CSV]) == 0
+    assert len(" ".join(pd.read_csv(expanded)["PredictionString"].dropna()).split()) > 2 * len(tokens)
+    annotations = data / "annotations"
+    assert evaluate_oid_map.main(["--predictions", str(expanded), "--gt-boxes",
+                                  str(data / "challenge-2019-validation-detection-bbox.csv"), "--gt-labels",
+                                  str(annotations / "validation-annotations-human-imagelabels-boxable.csv"),
+                                  "--output-dir", str(tmp_path / "eval")]) == 0
+    assert 0 <= json.loads((tmp_path / "eval" / "map.json").read_text())["mAP"] <= 1

@@ -172,9 +172,15 @@ def _fusion_merge(image, list_index, labels, scores, boxes, weights, settings: M
     return out_image, np.column_stack([out_labels, out_scores, out_boxes])
 
 
+def _no_merge(image, list_index, labels, scores, boxes, weights, settings: MergeSettings):
+    """Every filtered box as it is (gujingxiao's per-level submission CSV: filtered, not merged)."""
+    return image, np.column_stack([labels, scores, boxes])
+
+
 MERGE_METHODS: dict[str, MergeMethod] = {
     **{conf: MergeMethod(_shared_weights, _cluster_merge, sorted_desc=False, mirror=True) for conf in CONF_TYPES},
     "wbf": MergeMethod(_model_weights, _fusion_merge, sorted_desc=True, mirror=False),
+    "none": MergeMethod(_model_weights, _no_merge, sorted_desc=False, mirror=True),
 }
 MERGE_TYPES = tuple(MERGE_METHODS)
 
@@ -618,11 +624,13 @@ def write_mirror_merged_csv(cache_dir: str | os.PathLike, output: str | os.PathL
                             labels: ClassList | Sequence[str], skip_box_thr: float = MIRROR_DEFAULTS["skip_box_thr"],
                             iou_thr: float = MIRROR_DEFAULTS["iou_thr"],
                             limit_boxes: int = MIRROR_DEFAULTS["limit_boxes"], type: str = MIRROR_DEFAULTS["type"],
-                            workers: int | None = None, progress: bool | None = None) -> MergeStats:
+                            decimals: tuple[int, int] = DECIMALS["mirror"], workers: int | None = None,
+                            progress: bool | None = None) -> MergeStats:
     """Stage 4's CSV: the original's `create_csv_for_retinanet` on one model's cache folder (see the module doc).
 
-    labels: the model's label list (a class list or its MIDs, in the model's label order).
+    labels: the model's label list (a class list or its MIDs, in the model's label order). decimals: (score,
+    coordinate) decimals, the 2018 stage 4's by default.
     """
     return write_ensembled_csv(output, cache_dirs=[cache_dir], labels=labels, type=type, variant="2018",
                                skip_box_thr=skip_box_thr, iou_thr=iou_thr, limit_boxes=limit_boxes,
-                               decimals=DECIMALS["mirror"], workers=workers, progress=progress)
+                               decimals=decimals, workers=workers, progress=progress)
