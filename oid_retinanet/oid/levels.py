@@ -296,6 +296,51 @@ def level_class_file(output_dir: str, key: str) -> str:
     return os.path.join(level_folder(output_dir, key), f"class-descriptions-boxable-level-{key.split('_')[0]}.csv")
 
 
+# Where a level's training inputs come from. levels: stage 1's train/validation files, images in DATASET_PATH/train/
+# and validation/; exists: the 2019 exists split (labelProcess/gen_exists_annotation.py), whose validation images
+# are taken from the train folder, sized by train_image_params.csv, as gujingxiao's generator read them.
+SPLITS = ("levels", "exists")
+
+
+@dataclass
+class LevelInputs:
+    """The files of one level's train and validation subsets (see SPLITS), and what makes them if missing."""
+
+    classes: str
+    annotations: dict[str, str]
+    params: dict[str, str]
+    images: dict[str, str]
+    advice: str
+
+    def check(self, subsets: tuple[str, ...]) -> None:
+        """OIDInputError naming the first missing file of `subsets`, and the step that writes it."""
+        for path in [self.classes] + [p for s in subsets for p in (self.annotations[s], self.params[s])]:
+            if not os.path.isfile(path):
+                raise OIDInputError(f"not found: {self.advice}, or set --output-path", path)
+
+
+def level_inputs(output_path: str, dataset_path: str, level: str, split: str = "levels",
+                 select: bool = False) -> LevelInputs:
+    """The files of `level` in `split`; select: train on the -select file of labelProcess/tooMuch_label_select.py."""
+    subsets = ("train", "validation")
+    classes = level_class_file(output_path, level)
+    if split == "exists":
+        train = level_file(output_path, level, "train-exists")
+        return LevelInputs(classes, {"train": train[:-4] + "-select.csv" if select else train,
+                                     "validation": level_file(output_path, level, "val-exists")},
+                           dict.fromkeys(subsets, os.path.join(output_path, "train_image_params.csv")),
+                           dict.fromkeys(subsets, os.path.join(dataset_path, "train")),
+                           "run labelProcess/create_files_for_training_by_levels.py, gen_exists_annotation.py (and "
+                           "tooMuch_label_select.py for --select) and collect_image_parameters.py first")
+    if split != "levels":
+        raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
+    return LevelInputs(classes, {s: level_file(output_path, level, s) for s in subsets},
+                       {s: os.path.join(output_path, f"{s}_image_params.csv") for s in subsets},
+                       {s: os.path.join(dataset_path, s) for s in subsets},
+                       "run stage 1 (create_files_for_training_by_levels.py) and stage 2 (find_image_parameters.py) "
+                       "first")
+
+
 def write_level_files(specs: list[LevelSpec], inputs: dict[str, dict[str, str]], output_dir: str,
                       read: Callable[[str], pd.DataFrame], hierarchy: Hierarchy | None = None
                       ) -> list[LevelSummary]:

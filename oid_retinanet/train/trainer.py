@@ -30,9 +30,13 @@ import os
 import platform
 import sys
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from oid_retinanet.cli import fraction, positive_float, positive_int
 from oid_retinanet.errors import OIDInputError
+
+if TYPE_CHECKING:
+    from oid_retinanet.oid.levels import LevelInputs
 
 log = logging.getLogger(__name__)
 TRAINER_DOC = "\n" + __doc__
@@ -47,10 +51,6 @@ NOT_RESUMED = frozenset({"snapshot", "resume", "weights", "imagenet_weights", "i
                          "snapshot_path", "backbone", "level", "gpu", "verbose", "multi_gpu_force",
                          "initial_epoch"})
 MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-# Where a level's training inputs come from. levels: stage 1's train/validation files, images in DATASET_PATH/train/
-# and validation/; exists: the 2019 exists split (labelProcess/gen_exists_annotation.py), whose validation images
-# are taken from the train folder, sized by train_image_params.csv, as gujingxiao's generator read them.
-SPLITS = ("levels", "exists")
 # gujingxiao's train_oid_2019_resnet50.py: the exists split, batch 2, 100 epochs, Adam 1e-4, learning rate x0.8
 FLOW_2019 = {"split": "exists", "batch_size": 2, "epochs": 100, "lr": 1e-4, "reduce_lr_factor": 0.8}
 
@@ -69,7 +69,7 @@ class TrainConfig:
     image_min_side: int
     image_max_side: int
     level: str = "1"
-    split: str = "levels"  # which files: SPLITS
+    split: str = "levels"  # which files: oid.levels.SPLITS
     select: bool = False  # split "exists": the -select file of labelProcess/tooMuch_label_select.py
     train_annotations: str | None = None  # instead of the split's file
     validation_annotations: str | None = None
@@ -127,6 +127,7 @@ def build_parser(backbone: str, description: str, paths: dict[str, str], default
     `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH); `defaults` other defaults of
     the script (FLOW_2019 for the 2019 one)."""
     from oid_retinanet.model.backbones import default_sides
+    from oid_retinanet.oid.levels import SPLITS
 
     min_side, max_side = default_sides(backbone)
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -344,37 +345,14 @@ def resume_settings(args: argparse.Namespace, given: set[str]) -> argparse.Names
     return args
 
 
-class _Inputs:
-    """Paths of one level's training inputs (see SPLITS)."""
+def _inputs(config: TrainConfig):
+    """The level's files (oid.levels.level_inputs), with --train-annotations / --validation-annotations applied."""
+    from oid_retinanet.oid.levels import level_inputs
 
-    def __init__(self, config: TrainConfig) -> None:
-        from oid_retinanet.oid.levels import level_class_file, level_file
-
-        out, level = config.output_path, config.level
-        self.classes = level_class_file(out, level)
-        subsets = ("train", "validation")
-        if config.split == "exists":
-            train = level_file(out, level, "train-exists")
-            self.annotations = {"train": train[:-4] + "-select.csv" if config.select else train,
-                                "validation": level_file(out, level, "val-exists")}
-            self.params = dict.fromkeys(subsets, os.path.join(out, "train_image_params.csv"))
-            self.images = dict.fromkeys(subsets, os.path.join(config.dataset_path, "train"))
-            self.advice = ("run labelProcess/create_files_for_training_by_levels.py, gen_exists_annotation.py (and "
-                           "tooMuch_label_select.py for --select) and collect_image_parameters.py first")
-        else:
-            self.annotations = {s: level_file(out, level, s) for s in subsets}
-            self.params = {s: os.path.join(out, f"{s}_image_params.csv") for s in subsets}
-            self.images = {s: os.path.join(config.dataset_path, s) for s in subsets}
-            self.advice = ("run stage 1 (create_files_for_training_by_levels.py) and stage 2 "
-                           "(find_image_parameters.py) first")
-        for subset, given in (("train", config.train_annotations), ("validation", config.validation_annotations)):
-            self.annotations[subset] = given or self.annotations[subset]
-
-    def check(self, subsets: tuple[str, ...]) -> None:
-        needed = [self.classes] + [p for s in subsets for p in (self.annotations[s], self.params[s])]
-        for path in needed:
-            if not os.path.isfile(path):
-                raise OIDInputError(f"not found: {self.advice}, or set --output-path", path)
+    inputs = level_inputs(config.output_path, config.dataset_path, config.level, config.split, config.select)
+    for subset, given in (("train", config.train_annotations), ("validation", config.validation_annotations)):
+        inputs.annotations[subset] = given or inputs.annotations[subset]
+    return inputs
 
 
 def _distribution(n: int):
@@ -502,7 +480,7 @@ def _anchors(config: TrainConfig, snapshot: str | None):
     return card.anchors
 
 
-def _card(config: TrainConfig, model, classes, anchors, inputs: _Inputs, images: int):
+def _card(config: TrainConfig, model, classes, anchors, inputs: LevelInputs, images: int):
     """The model card every snapshot of this run carries."""
     from oid_retinanet.model.card import ModelCard
     from oid_retinanet.model.resnet import CONV1_SAME, CONV1_ZERO_PADDING
@@ -541,7 +519,7 @@ def _resume_model(path: str, config: TrainConfig, num_classes: int):
     return model, epoch
 
 
-def _write_config(config: TrainConfig, inputs: _Inputs, num_classes: int, initial_epoch: int) -> None:
+def _write_config(config: TrainConfig, inputs: LevelInputs, num_classes: int, initial_epoch: int) -> None:
     import keras
 
     from oid_retinanet.files import atomic_write_text
@@ -574,7 +552,7 @@ def train(config: TrainConfig):
     """Train as `config` says; returns the Keras History (None when the snapshot is already at --epochs)."""
     if config.gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu
-    inputs = _Inputs(config)
+    inputs = _inputs(config)
     inputs.check(("train", "validation") if config.evaluation else ("train",))
     snapshot = config.snapshot
     if config.resume:
