@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from oid_retinanet.evaluate import EvalClasses, evaluate_predictions, read_ground_truth
     from oid_retinanet.model.backbones import feature_shapes_fn
     from oid_retinanet.model.retinanet import retinanet
-    from oid_retinanet.train.callbacks import predict_generator, validation_ground_truth
+    from oid_retinanet.train.callbacks import level_ground_truth, predict_generator
     from oid_retinanet.train.trainer import INTENSITY_CHANGE, compile_model
 
     keras.utils.set_random_seed(args.seed)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     predictions = list(predict_generator(val_gen, model))
     predict_s = time.perf_counter() - t
-    voc = evaluate_predictions(validation_ground_truth(val_gen), predictions, metric="voc")
+    voc = evaluate_predictions(level_ground_truth(val_gen.data), predictions, metric="voc")
     dataset = level["dataset"]
     gt = read_ground_truth(str(dataset / "annotations" / "validation-annotations-bbox.csv"),
                            str(dataset / "annotations" / "validation-annotations-human-imagelabels-boxable.csv"),

@@ -129,3 +129,25 @@ def test_a_level_model_to_a_scored_submission(flow, trained, tmp_path):
                                   str(annotations / "validation-annotations-human-imagelabels-boxable.csv"),
                                   "--output-dir", str(tmp_path / "eval")]) == 0
     assert 0 <= json.loads((tmp_path / "eval" / "map.json").read_text())["mAP"] <= 1
+
+
+def test_the_level_model_scored_on_its_validation_split(flow, trained, tmp_path, capsys):
+    """eval_oid_2019_resnet50.py: the val-exists images (in the train folder) predicted and scored VOC-style, a
+    line per class with its instance count as keras-retinanet printed, the mAP, and the report."""
+    from retinanet_training_oid_2019 import eval_oid_2019_resnet50 as evaluate
+
+    out_dir = tmp_path / "eval"
+    assert evaluate.main(["--label-level", LEVEL, "--weights", str(trained), "--output-path", str(flow["out"]),
+                          "--dataset-path", str(flow["data"]), "--cache-dir", str(tmp_path / "cache"),
+                          "--output-dir", str(out_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    report = json.loads((out_dir / "map.json").read_text())
+    assert report["metric"] == "voc" and lines[-1] == f"mAP: {report['mAP']:.4f}"
+    # the instance counts, independently: the val-exists boxes per class (all its images are in the train folder)
+    val = pd.read_csv(level_file(str(flow["out"]), LEVEL, "val-exists"))
+    counts = val["LabelName"].value_counts()
+    classes = read_class_descriptions(level_class_file(str(flow["out"]), LEVEL))
+    assert counts.sum() > 0 and [line.rsplit(" ", 1)[0] for line in lines[:-1]] == [
+        f"{counts.get(m, 0)} instances of class {n} with average precision:" for m, n in zip(classes.mids,
+                                                                                           classes.names)]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == val["ImageID"].nunique()

@@ -4,6 +4,7 @@ flag given by hand, and differently from a card-less copy left at the defaults (
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -148,3 +149,25 @@ def test_anchor_config_errors_name_the_file_and_key(tmp_path):
         assert str(path) in str(err.value)
     path.write_text(ANCHORS_INI + "[pyramid_levels]\nP = 3 4 5 6 7\n")
     assert read_anchor_config(str(path)) == AnchorParameters(sizes=(16, 32, 64, 128, 256), scales=(1.0, 1.5, 2.0))
+
+
+def test_one_command_evaluation_of_the_level_model(trained, tmp_path, capsys):
+    """evaluate_retinanet_model.py in keras-retinanet's `oid DATASET_PATH MODEL` form: the level's validation
+    images predicted at the card's sides and scored on the model's three classes, in its output order."""
+    import pandas as pd
+
+    from oid_retinanet.oid.levels import level_file
+    from retinanet_training_level_1 import evaluate_retinanet_model as evaluate
+
+    tiny, out_dir = trained["tiny"], tmp_path / "eval"
+    assert evaluate.main(["oid", str(tiny.dataset), str(trained["snapshot"]), "--output-path", str(tiny.output),
+                          "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads((out_dir / "map.json").read_text())["metric"] == "oid" and lines[-1].startswith("mAP: ")
+    val = pd.read_csv(level_file(str(tiny.output), "1", "validation"), dtype=str, keep_default_na=False)
+    names = dict(read_lines(trained["classes"])[i].split(",") for i in range(3))
+    expected = [f"{(val['LabelName'] == m).sum()} instances of class {names[m]} with average precision:"
+                for m in SUBSET.split(",")]
+    assert [line.rsplit(" ", 1)[0] for line in lines[:-1]] == expected
+    settings = json.loads((tmp_path / "cache" / "settings.json").read_text())
+    assert (settings["min_side"], settings["max_side"], settings["flip"]) == (72, 96, False)

@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from oid_retinanet.data.generator import OpenImagesGenerator
+from oid_retinanet.data.generator import LevelData, OpenImagesGenerator
 from oid_retinanet.evaluate import evaluate_predictions
 from oid_retinanet.evaluate.oid_map import EvalClasses, GroundTruth, MetricResult, ground_truth_from_frames
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters
@@ -139,19 +139,24 @@ class MeanAPCallback(keras.callbacks.Callback):
             log.info("epoch %d: %s %s = %.4f over %d classes", epoch + 1, self.metric, self.log_key,
                      result.mean_ap, result.num_scored)
         if self.report_path:
-            table = result.per_class()
-            lines = [f"{n:.0f} instances of class {name} with average precision: {0.0 if ap != ap else ap:.4f}\n"
-                     for name, n, ap in zip(table["name"], table["num_gt"].fillna(0), table["AP"])]
             with open(self.report_path, "a", encoding="utf-8") as f:  # one write per epoch, as the original
-                f.write("".join(lines) + f"Ep {epoch + 1}: mAP: {result.mean_ap:.4f}\n")
+                f.write("".join(line + "\n" for line in ap_lines(result)) + f"Ep {epoch + 1}: mAP: "
+                        f"{result.mean_ap:.4f}\n")
 
 
-def validation_ground_truth(generator: OpenImagesGenerator) -> GroundTruth:
-    """The boxes of the validation generator's images as ground truth. Images without boxes have none, so
-    detections on them are not scored: a training monitor, not the challenge score (use evaluate_oid_map.py)."""
+def ap_lines(result: MetricResult) -> list[str]:
+    """keras-retinanet's per-class lines: `N instances of class NAME with average precision: AP` (AP 0 for a class
+    without boxes, as it printed)."""
+    table = result.per_class()
+    return [f"{n:.0f} instances of class {name} with average precision: {0.0 if ap != ap else ap:.4f}"
+            for name, n, ap in zip(table["name"], table["num_gt"].fillna(0), table["AP"])]
+
+
+def level_ground_truth(data: LevelData) -> GroundTruth:
+    """The boxes of a level's images as ground truth. Images without boxes have none, so detections on them are
+    not scored: a check of a level's model, not the challenge score (use evaluate_oid_map.py)."""
     import pandas as pd
 
-    data = generator.data
     rows = pd.DataFrame({
         "ImageID": np.repeat(data.image_ids, np.diff(data.offsets)),
         "LabelName": np.asarray(data.classes.mids, dtype=object)[data.labels],
@@ -182,5 +187,5 @@ def evaluation_callback(generator: OpenImagesGenerator, metric: str = "voc", rep
     """`logs["mAP"]` on the validation generator after every epoch; the per-class table to `report_path`.
     options: the evaluator's (weighted_average for "voc")."""
     return MeanAPCallback(lambda model: predict_generator(generator, model, generator.config.anchor_params),
-                          validation_ground_truth(generator),
+                          level_ground_truth(generator.data),
                           metric=metric, report_path=report_path, **options)
