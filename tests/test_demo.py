@@ -28,7 +28,7 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     names = [s["name"] for s in summary["stages"]]
     for prefix in ("0.", "1.", "1b.", "2.", "3.", "3b.", "4.", "5.", "6.", "7."):
         assert any(n.startswith(prefix) for n in names), prefix
-    for key in ("level1_map", "expanded_map", "ensemble_map"):
+    for key in ("level1_map", "expanded_map", "ensemble_map", "flow_2019_map", "level2_2019_voc_map"):
         assert 0.0 <= summary[key] <= 1.0
     assert all(s["seconds"] >= 0 and s["outputs"] for s in summary["stages"])
     # each stage's CPU time is its own process's: training spends more than a second of it, the stages' sum is
@@ -40,7 +40,8 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
         assert sum(s[key] for s in run) <= summary[key] + 0.1 * len(run)
     # the files handed from stage to stage exist and have the formats the next stage reads
     subm = tmp_path / "subm"
-    for name in ("model_0_level_1.csv", "model_0_expanded.csv", "ensemble.csv"):
+    for name in ("model_0_level_1.csv", "model_0_expanded.csv", "ensemble.csv", "level_2_2019.csv",
+                 "all_levels_2019.csv", "expanded_2019.csv"):
         assert list(pd.read_csv(subm / name).columns) == ["ImageId", "PredictionString"]
     assert summary["serve_weights"] == str(tmp_path / "models" / "demo_model_0_inference.keras")
     assert summary["visualized"]

@@ -5,7 +5,10 @@ order: level files (2018 and 2019), image parameters, and for each of two seeds:
 from scratch on the CPU (the five classes, small images, a few minutes), conversion to an inference model,
 inference on the validation images with flip TTA (and drawn detections), expansion to parent classes; then an
 ensemble of the two models (weighted boxes fusion) and the official OID mAP of the level-1, the expanded and
-the ensembled predictions.
+the ensembled predictions. Then gujingxiao's 2019 flow on the same data: the train images gathered into one
+folder, the exists split of label level 2, a level-2 model trained, converted and scored on that split (VOC),
+its predictions of the validation images, the levels joined, parent classes added, and the official mAP of
+that submission (`flow_2019_map`; level 2 holds two of the five classes, so it scores lower).
 
 Writes everything under demo_output/ (or --output-dir) and demo_output/summary.json: each stage's command,
 output files and seconds, the three mAPs (`level1_map`, `expanded_map`, `ensemble_map`) and the model the web
@@ -114,7 +117,61 @@ def _stages(data: Path, out: Path, plan: Plan) -> list[Stage]:
             "--gt-boxes", str(annotations / "validation-annotations-bbox.csv"),
             "--gt-labels", str(annotations / "validation-annotations-human-imagelabels-boxable.csv"),
             "--output-dir", str(folder)], folder, folder / "map.json"))
-    return stages
+    return stages + _stages_2019(data, out, plan)
+
+
+def _stages_2019(data: Path, out: Path, plan: Plan) -> list[Stage]:
+    """gujingxiao's 2019 flow on the same data, as its README orders it: the train images in one folder, the exists
+    split of a label level, image parameters, a model of that level, its evaluation on the split, its predictions
+    of the validation images, the levels joined, parent classes, and the official mAP of that submission."""
+    from oid_retinanet import resources
+
+    level, d19, o19, subm = "2", out / "dataset_2019", out / "output_2019", out / "subm"
+    snapshots = out / "models" / "snapshots_2019"
+    inference = out / "models" / f"demo_level_{level}_2019_inference.keras"
+    sides = ["--image-min-side", str(plan.min_side), "--image-max-side", str(plan.max_side)]
+    folders = sorted(str(p) for p in (data / "train").iterdir() if p.is_dir())
+    level_csv, joined, expanded = (subm / f"{name}_2019.csv" for name in (f"level_{level}", "all_levels", "expanded"))
+    voc, oid = out / "eval" / "level2_2019_voc_map", out / "eval" / "flow_2019_map"
+    return [
+        Stage("8a. 2019: the train images in one folder", ["labelProcess/resize_move_images.py", *folders,
+                                                          str(d19 / "train"), "--copy", "--no-progress"], d19),
+        Stage(f"8b. 2019: exists split of level {level}", [
+            "labelProcess/gen_exists_annotation.py", "--levels", level, "--images", str(d19 / "train"),
+            "--output-path", str(o19), "--ratio", "0.25", "--split-level-images", "--seed", "0"],
+              o19 / f"level_{level}_files"),
+        Stage("8c. 2019: image parameters", ["labelProcess/collect_image_parameters.py", "--images", str(d19 / "train"),
+                                             "--subset", "train", "--output-path", str(o19)],
+              o19 / "train_image_params.csv"),
+        Stage(f"8d. 2019: train a level-{level} model from scratch ({plan.epochs} x {plan.steps} steps)", [
+            "retinanet_training_oid_2019/train_oid_2019_resnet50.py", "--label-level", level, "--no-weights",
+            "--dataset-path", str(d19), "--output-path", str(o19), "--snapshot-path", str(snapshots), *sides,
+            "--batch-size", str(plan.batch_size), "--epochs", str(plan.epochs), "--steps", str(plan.steps),
+            "--lr", str(plan.lr), "--seed", "0", "--no-evaluation", "--snapshot-every", str(plan.epochs)],
+              snapshots),
+        Stage("8e. 2019: convert it", ["retinanet_training_oid_2019/convert_retinanet_model.py",
+                                       str(snapshots / f"resnet50_oid_level_{level}_{plan.epochs:02d}.keras"),
+                                       str(inference)], inference),
+        Stage("8f. 2019: its VOC mAP on the val-exists split", [
+            "retinanet_training_oid_2019/eval_oid_2019_resnet50.py", "--label-level", level, "--weights",
+            str(inference), "--dataset-path", str(d19), "--output-path", str(o19), "--output-dir", str(voc)],
+              voc, voc / "map.json"),
+        Stage(f"8g. 2019: level-{level} predictions of the validation images", [
+            "retinanet_inference_submission/retinanet_inference_make_submission.py", "--label-level", level,
+            "--weights", str(inference), "--images", str(data / "validation"), "--cache-dir",
+            str(out / f"cache_2019_level_{level}"), "--output", str(level_csv)], level_csv),
+        Stage("8h. 2019: the levels joined", ["retinanet_inference_submission/concat_all_levels_submission.py",
+                                              str(level_csv), "-o", str(joined)], joined),
+        Stage("8i. 2019: parent classes (the shipped 500-class list and hierarchy for the 2019 files)", [
+            "retinanet_inference_submission/create_higher_level_predctions.py", str(joined), str(expanded),
+            "--class-descriptions", resources.CLASS_DESCRIPTIONS_500_CSV, "--hierarchy", resources.HIERARCHY_JSON,
+            "--hierarchy-names", resources.CLASS_DESCRIPTIONS_CSV], expanded),
+        Stage("8j. OID mAP of the 2019 submission", [
+            "evaluate_oid_map.py", "--predictions", str(expanded),
+            "--gt-boxes", str(data / "annotations" / "validation-annotations-bbox.csv"),
+            "--gt-labels", str(data / "annotations" / "validation-annotations-human-imagelabels-boxable.csv"),
+            "--output-dir", str(oid)], oid, oid / "map.json"),
+    ]
 
 
 def _files(path: Path, since: float) -> list[str]:
@@ -203,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(summary, indent=1))
     print(f"\nOID mAP on the validation split: level 1 {summary['level1_map']:.4f}, with parent classes "
           f"{summary['expanded_map']:.4f}, ensemble of {len(plan.seeds)} models "
-          f"{summary['ensemble_map']:.4f}")
+          f"{summary['ensemble_map']:.4f}; the 2019 flow (one level-2 model, parents added) "
+          f"{summary['flow_2019_map']:.4f} (its VOC mAP on the val-exists split {summary['level2_2019_voc_map']:.4f})")
     print(f"detections drawn: {out / f'cache_{first}' / 'visualize'}\nsummary: {path} ({summary['seconds']:.0f} s; "
           f"CPU: user {summary['user_seconds']:.0f} s, sys {summary['sys_seconds']:.0f} s)")
     return 0
