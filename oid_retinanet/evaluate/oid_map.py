@@ -53,7 +53,7 @@ import pyarrow.csv as pacsv
 
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.evaluate.expand_gt import ExpansionMaps, expansion_index, positive_flags
-from oid_retinanet.files import atomic_path, atomic_write_text
+from oid_retinanet.files import atomic_path, atomic_write_text, native_input, open_input, reading
 from oid_retinanet.oid.annotations import file_line, read_csv_checked, read_image_labels
 from oid_retinanet.oid.classes import read_class_descriptions
 from oid_retinanet.oid.predictions import HEADER as KAGGLE_HEADER
@@ -376,7 +376,7 @@ def _factorized(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def prediction_format(path: str) -> str:
     """'kaggle' for an `ImageId,PredictionString` CSV, 'official' for `ImageID,LabelName,Score,XMin,...`."""
-    with open(path, "rb") as f:  # the header line alone: a text reader would decode (and fail on) what follows
+    with open_input(path, "rb") as f:  # the header line alone: a text reader would decode (and fail on) what follows
         line = f.readline(1 << 20)
     try:
         text = line.decode("utf-8-sig")
@@ -412,14 +412,14 @@ def iter_prediction_chunks(path: str, block_bytes: int = 1 << 22, progress=None)
     convert = pacsv.ConvertOptions(column_types=types, include_columns=list(OFFICIAL_COLUMNS),
                                    strings_can_be_null=False)
     # a native file (not a Python file object, which pyarrow's reader may release from its own thread)
-    with pa.OSFile(str(path)) as source:
+    with reading(path), native_input(path) as (source, raw):
         try:
             reader = pacsv.open_csv(source, read_options=read_opts, convert_options=convert)
             done = 0
             for batch in reader:
                 if progress is not None:
-                    progress(source.tell() - done)  # the reader reads ahead: approximate
-                    done = source.tell()
+                    progress(raw.tell() - done)  # the reader reads ahead: approximate
+                    done = raw.tell()
                 if batch.num_rows:
                     yield _official_chunk(batch)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -451,7 +451,7 @@ def _official_chunk(batch: pa.RecordBatch) -> DetectionChunk:
 
 def _raise_located(path: str, exc: Exception) -> None:
     """Find the first bad row of an official-layout file with the csv module (slow, only after pyarrow failed)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open_input(path, "rt", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader)]
         at = {c: header.index(c) for c in header}

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from oid_retinanet.errors import OIDInputError
+from oid_retinanet.files import open_input, reading
 from oid_retinanet.oid.classes import ClassList
 
 BOX_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
@@ -34,8 +35,9 @@ def read_csv_checked(path: str, required: tuple[str, ...], str_columns: tuple[st
     """pandas.read_csv with id columns kept as strings and parse errors named by file and line. Only an empty
     cell is missing: a text such as `nan`, `NA` or `null` stays text (an ImageID, or a value an error quotes)."""
     try:
-        df = pd.read_csv(path, dtype={c: str for c in str_columns}, keep_default_na=False, na_values=[""],
-                         **kwargs)
+        with reading(path):  # a damaged .gz input
+            df = pd.read_csv(path, dtype={c: str for c in str_columns}, keep_default_na=False, na_values=[""],
+                             **kwargs)
     except pd.errors.EmptyDataError:
         raise OIDInputError("file is empty", path) from None
     except pd.errors.ParserError as exc:
@@ -78,7 +80,7 @@ def file_line(path: str, row: int) -> int:
     an editor numbers lines (the header is line 1; blank lines and newlines inside quoted fields count). Found
     again only for an error message."""
     try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open_input(path, "rt", newline="", encoding="utf-8", errors="replace") as f:
             reader = csv.reader(f)
             next(reader, None)
             seen, start = -1, reader.line_num

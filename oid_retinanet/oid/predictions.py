@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_output, native_input, open_input, reading
 from oid_retinanet.oid.classes import MID_PATTERN, ClassList
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def _first_unparsable(tokens: pa.Array) -> int:
 
 def check_header(path: str) -> None:
     """Refuse a file that does not start with the `ImageId,PredictionString` header (spaces around names allowed)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open_input(path, "rt", newline="", encoding="utf-8-sig") as f:
         try:
             header = next(csv.reader(f), None)
         except UnicodeDecodeError:
@@ -268,7 +268,7 @@ def iter_prediction_rows(path: str) -> Iterator[tuple[int, str, str]]:
     the originals; ImageIds stay strings.
     """
     check_header(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open_input(path, "rt", newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         next(reader, None)
         line = reader.line_num
@@ -304,7 +304,7 @@ def _arrow_row_blocks(path: str, block_size: int, progress: Callable[[int], None
                       ) -> Iterator[tuple[pa.Array, pa.Array]]:
     # a native file (not a Python file object, which pyarrow's reader may release from its own thread); one
     # thread: read-ahead costs memory and, on few cores, time
-    with pa.OSFile(path) as source:
+    with native_input(path) as (source, raw):
         try:
             reader = pacsv.open_csv(
                 source,
@@ -324,8 +324,8 @@ def _arrow_row_blocks(path: str, block_size: int, progress: Callable[[int], None
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise _ArrowRefused(str(exc)) from None
             if progress is not None:
-                progress(source.tell() - done)
-                done = source.tell()
+                progress(raw.tell() - done)
+                done = raw.tell()
             if batch.num_rows:
                 yield batch.column(0), batch.column(1)
 
@@ -363,25 +363,27 @@ def iter_prediction_blocks(path: str | os.PathLike, block_size: int = DEFAULT_BL
     the bytes read (approximately). Bad input raises OIDInputError naming the file, the line and the value.
     """
     path = os.fspath(path)
-    check_header(path)
-    first = 0
+    with reading(path):  # a damaged .gz input: one error naming it
+        check_header(path)
+        first = 0
 
-    def blocks(ids: pa.Array, strings: pa.Array, lines: list[int] | None) -> Iterator[PredictionBlock]:
-        step = max_rows or len(ids)
-        for a in range(0, len(ids), step):
-            part = None if lines is None else lines[a:a + step]
-            yield parse_prediction_strings(path, ids.slice(a, step), strings.slice(a, step), first + a, part, finite)
+        def blocks(ids: pa.Array, strings: pa.Array, lines: list[int] | None) -> Iterator[PredictionBlock]:
+            step = max_rows or len(ids)
+            for a in range(0, len(ids), step):
+                part = None if lines is None else lines[a:a + step]
+                yield parse_prediction_strings(path, ids.slice(a, step), strings.slice(a, step), first + a, part,
+                                               finite)
 
-    try:
-        for ids, strings in _arrow_row_blocks(path, block_size, progress):
-            yield from blocks(ids, strings, None)
+        try:
+            for ids, strings in _arrow_row_blocks(path, block_size, progress):
+                yield from blocks(ids, strings, None)
+                first += len(ids)
+            return
+        except _ArrowRefused as exc:
+            log.info("reading %s with the csv module from data row %d on (%s)", path, first + 1, str(exc).strip())
+        for ids, strings, lines in _csv_row_blocks(path, block_size, first, progress):
+            yield from blocks(ids, strings, lines)
             first += len(ids)
-        return
-    except _ArrowRefused as exc:
-        log.info("reading %s with the csv module from data row %d on (%s)", path, first + 1, str(exc).strip())
-    for ids, strings, lines in _csv_row_blocks(path, block_size, first, progress):
-        yield from blocks(ids, strings, lines)
-        first += len(ids)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -512,7 +514,7 @@ def format_prediction_string(mids: Iterable[str], scores: np.ndarray, boxes: np.
 def write_predictions(path: str, rows: Iterable[tuple[str, str]]) -> int:
     """Write (ImageId, PredictionString) rows with the header, atomically; returns the number of rows."""
     n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_output(path, "w", encoding="utf-8", newline="") as f:
         f.write(",".join(HEADER) + "\n")
         for image_id, string in rows:
             f.write(f"{image_id},{string}\n")

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from oid_retinanet.boxes.merge import CONF_TYPES, VARIANTS, BoxBatch, filter_rows, merge_batch
 from oid_retinanet.boxes.wbf import WBF_CONF_TYPES, fuse_batch, prefilter
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_output
 from oid_retinanet.oid.classes import MID_PATTERN, ClassList
 from oid_retinanet.oid.predictions import HEADER, iter_aligned_predictions
 from oid_retinanet.predict.cache import ImageCache, cache_file, cache_ids, read_cache
@@ -520,7 +520,7 @@ def write_merged_csv(batches: Iterator[MergedBatch], output: str | os.PathLike, 
 
 def _write_texts(texts: Iterator[tuple[bytes, MergeStats, int]], output: str | os.PathLike, stats: MergeStats,
                  total: int | None, progress: bool | None) -> MergeStats:
-    with atomic_path(output) as tmp, open(tmp, "wb") as f:
+    with atomic_output(output) as f:
         f.write((",".join(HEADER) + "\n").encode())
         with tqdm(total=total, unit="img", desc="merging", disable=None if progress is None else not progress) as bar:
             for text, part, n_images in texts:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from oid_retinanet.boxes.nms import batched_nms
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_output
 from oid_retinanet.oid.classes import ClassList, read_class_descriptions
 from oid_retinanet.oid.hierarchy import Hierarchy
 from oid_retinanet.oid.predictions import (
@@ -223,7 +223,7 @@ def transform_csv(input_csv: str, output_csv: str, transform: Transform, block_s
     `output_csv`, written atomically under the same header. A bad row raises OIDInputError naming the file,
     the line and the problem; nothing is left under the output name then."""
     size = os.path.getsize(input_csv)
-    with atomic_path(output_csv) as tmp, open(tmp, "wb") as out, \
+    with atomic_output(output_csv) as out, \
             tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar:
 
         def advance(n: int) -> None:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from oid_retinanet.boxes.merge import CONF_TYPES, BoxBatch, merge_batch
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_output, is_gzip, open_input, reading
 from oid_retinanet.oid.levels import level_2019_children
 from oid_retinanet.oid.predictions import (
     DEFAULT_BLOCK_SIZE,
@@ -191,7 +191,7 @@ def _read_header(f, path: str) -> None:
 
 def _iter_lines(path: str) -> Iterator[tuple[int, int, str, str]]:
     """(byte offset, line, ImageId, PredictionString) of every data row."""
-    with open(path, "rb") as f:
+    with reading(path), open_input(path, "rb") as f:
         _read_header(f, path)
         line, offset = 1, f.tell()
         for raw in f:
@@ -256,7 +256,7 @@ def concat_submissions(inputs: list[str], output_csv: str, by_position: bool = F
         rows = _by_position(inputs, summary)
     else:
         rows = _by_image_id(inputs, summary)
-    with atomic_path(output_csv) as tmp, open(tmp, "wb") as out, \
+    with atomic_output(output_csv) as out, \
             tqdm(total=summary.images, unit="images", desc="concatenating", disable=not progress) as bar:
         out.write((",".join(HEADER) + "\n").encode())
         while batch := list(itertools.islice(rows, batch_images)):
@@ -316,7 +316,7 @@ def _by_image_id(inputs: list[str], summary: ConcatSummary) -> Iterator[RawRow]:
 
 
 def _gather(indexes: list[RowIndex], order: list[str]) -> Iterator[RawRow]:
-    files = [open(index.path, "rb") for index in indexes]
+    files = [open_input(index.path, "rb") for index in indexes]  # a .gz one seeks by decompressing
     try:
         for image_id in order:
             parts = []
@@ -366,7 +366,9 @@ def split_submission(input_csv: str, rows_per_part: int = SPLIT_ROWS, parts: int
     """
     if rows_per_part < 1:
         raise ValueError(f"rows_per_part must be at least 1, got {rows_per_part}")
-    stem = os.path.splitext(os.path.basename(input_csv))[0]
+    name = os.path.basename(input_csv)
+    suffix = ".csv.gz" if is_gzip(input_csv) else ".csv"  # the parts are compressed as the input is
+    stem = name[: -len(suffix)] if name.endswith(suffix) else os.path.splitext(name)[0]
     folder = os.path.dirname(os.path.abspath(input_csv)) if output_dir is None else output_dir
     written: list[tuple[str, int]] = []
     size = os.path.getsize(input_csv)
@@ -376,8 +378,8 @@ def split_submission(input_csv: str, rows_per_part: int = SPLIT_ROWS, parts: int
 
         def part_file(k: int):
             while len(outputs) <= k:
-                path = os.path.join(folder, f"{stem}_part_{len(outputs)}.csv")
-                f = stack.enter_context(open(stack.enter_context(atomic_path(path)), "wb"))
+                path = os.path.join(folder, f"{stem}_part_{len(outputs)}{suffix}")
+                f = stack.enter_context(atomic_output(path))
                 f.write((",".join(HEADER) + "\n").encode())
                 outputs.append(f)
                 written.append((path, 0))
@@ -423,7 +425,7 @@ def combine_parts(inputs: list[str], output_csv: str, block_size: int = DEFAULT_
         raise ValueError("nothing to combine")
     summary = CombineSummary()
     seen: dict[str, tuple[int, int]] = {}  # ImageId -> (input, data row)
-    with atomic_path(output_csv) as tmp, open(tmp, "wb") as out, \
+    with atomic_output(output_csv) as out, \
             tqdm(total=len(inputs), unit="files", desc="combining", disable=not progress) as bar:
         out.write((",".join(HEADER) + "\n").encode())
         for k, path in enumerate(inputs):
@@ -488,7 +490,7 @@ def final_ensemble(inputs: list[str], output_csv: str, iou_thr: float = FINAL_IO
         raise ValueError(f"unknown merge type {type!r}, expected one of {', '.join(CONF_TYPES)}")
     summary = FinalEnsembleSummary(missing={p: 0 for p in inputs})
     rows = _paired_predictions(inputs, summary) if by_position else iter_aligned_predictions(inputs)
-    with atomic_path(output_csv) as tmp, open(tmp, "wb") as out, \
+    with atomic_output(output_csv) as out, \
             tqdm(unit="images", desc="ensembling", disable=not progress) as bar:
         out.write((",".join(HEADER) + "\n").encode())
         while batch := list(itertools.islice(rows, batch_images)):
