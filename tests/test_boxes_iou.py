@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from oid_retinanet.boxes.iou import pairwise_iou
 
@@ -30,3 +31,48 @@ def test_against_loop():
     for one in (0.0, 1.0):
         expected = [[_slow_iou(p, q, one) for q in boxes[20:]] for p in boxes[:20]]
         np.testing.assert_allclose(pairwise_iou(boxes[:20], boxes[20:], plus_one=bool(one)), expected, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Soft-NMS against a transcription of its definition (one group at a time, a Python loop over boxes)
+
+
+def _soft_nms_slow(boxes, scores, iou_thr, sigma, score_thr, method):
+    """Bodla et al.'s loop as the 2019 repository's py_cpu_softnms runs it (without its '+1' pixel IoU)."""
+    boxes, scores = boxes.copy(), scores.astype(np.float64).copy()
+    index = np.arange(len(scores))
+    for i in range(len(scores)):
+        best = i + int(np.argmax(scores[i:]))
+        if scores[best] > scores[i]:
+            for a in (boxes, scores, index):
+                a[[i, best]] = a[[best, i]]
+        for j in range(i + 1, len(scores)):
+            iou = float(pairwise_iou(boxes[i:i + 1], boxes[j:j + 1])[0, 0])
+            if method == "gaussian":
+                scores[j] *= np.exp(-(iou * iou) / sigma)
+            elif iou > iou_thr:
+                scores[j] *= (1 - iou) if method == "linear" else 0.0
+    keep = scores > score_thr
+    return dict(zip(index[keep].tolist(), scores[keep].tolist()))
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
+def test_batched_soft_nms_equals_the_loop_per_group(method):
+    from oid_retinanet.boxes.nms import batched_soft_nms
+
+    rng = np.random.default_rng(7)
+    n = 300
+    xy = rng.uniform(0, 0.7, size=(n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.05, 0.3, size=(n, 2))], axis=1)
+    scores = rng.uniform(0.0005, 1, size=n)  # distinct: the tie rule plays no part
+    groups = rng.integers(0, 7, size=n)
+    keep, decayed = batched_soft_nms(boxes, scores, groups, iou_thr=0.3, sigma=0.5, score_thr=0.01, method=method)
+    expected = {}
+    for grp in np.unique(groups):
+        members = np.flatnonzero(groups == grp)
+        found = _soft_nms_slow(boxes[members], scores[members], 0.3, 0.5, 0.01, method)
+        expected.update({int(members[k]): v for k, v in found.items()})
+    assert keep.tolist() == sorted(expected) and 0 < len(keep) < n
+    np.testing.assert_allclose(decayed, [expected[k] for k in keep.tolist()], rtol=1e-12)
+    # hard NMS keeps a box's score or drops the box; the others decay some kept ones
+    assert (decayed <= scores[keep]).all() and (decayed < scores[keep]).any() == (method != "hard")

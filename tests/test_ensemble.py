@@ -632,3 +632,36 @@ def test_caches_of_different_class_lists_are_an_error(g19_dirs, tmp_path, capsys
                                             "short.csv"):
         record_classes(dirs[0], short)
     assert not out.exists()
+
+
+def test_soft_nms_merge_decays_the_pooled_lists(tmp_path):
+    """--type soft-nms: the two files' boxes of an image and label pooled and run through soft-NMS (gaussian, sigma
+    0.5, kept above 0.001), computed here on the pooled boxes directly."""
+    from oid_retinanet.boxes.nms import batched_soft_nms
+    from oid_retinanet.predict.ensemble import merge_csvs
+
+    rng = np.random.default_rng(3)
+    mids = np.array(["/m/03120", "/m/06m11"])
+    files, pooled = [], []
+    for k in range(2):
+        rows = []
+        for image in ("a", "b"):
+            n = 12
+            xy = rng.uniform(0, 0.5, size=(n, 2))
+            boxes = np.round(np.concatenate([xy, xy + rng.uniform(0.1, 0.4, size=(n, 2))], axis=1), 4)
+            scores, labels = np.round(rng.uniform(0.02, 1, size=n), 6), rng.integers(0, 2, size=n)
+            rows.append(f"{image}," + "".join(f"{mids[c]} {s} {' '.join(map(str, b))} "
+                                                for c, s, b in zip(labels, scores, boxes)))
+            pooled += [(image, mids[c], s, b) for c, s, b in zip(labels, scores, boxes)]
+        files.append(tmp_path / f"m{k}.csv")
+        files[-1].write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    (batch,) = merge_csvs(files, skip_box_thr=0.0, iou_thr=0.55, type="soft-nms")
+    got = sorted((batch.ids[i], batch.mids[int(r[0])], round(r[1], 9), *np.round(r[2:], 6))
+                 for i, r in zip(batch.image, batch.rows))
+    groups = np.array([hash((i, m)) % 10**9 for i, m, _, _ in pooled])
+    keep, decayed = batched_soft_nms(np.array([b for *_, b in pooled]), np.array([s for _, _, s, _ in pooled]),
+                                     groups, iou_thr=0.55, sigma=0.5, score_thr=0.001, method="gaussian")
+    expected = sorted((pooled[k][0], pooled[k][1], round(d, 9), *np.round(pooled[k][3], 6))
+                      for k, d in zip(keep, decayed))
+    assert got == expected and len(got) > 30
+    assert any(round(d, 9) < s for d, (_, _, s, _) in zip(decayed, [pooled[k] for k in keep]))

@@ -3,8 +3,9 @@ the ensembling of stage 6.
 
 Both are the originals' one loop: per image, filter each list, merge the lists, keep the best `limit_boxes`,
 clip, format. The merges are a registry, MERGE_METHODS: 'avg', 'max', 'mul' ... (the originals' weighted merge,
-boxes/merge.py) and 'wbf' (weighted boxes fusion, boxes/wbf.py), each with its list weights; every path takes
-one MergeSettings. Adding a merge method: its merge function and one MERGE_METHODS entry.
+boxes/merge.py), 'wbf' (weighted boxes fusion, boxes/wbf.py), 'soft-nms' (the boxes of all lists, overlapping
+ones decayed: boxes/nms.py) and 'none' (every box as it is), each with its list weights; every path takes one
+MergeSettings. Adding a merge method: its merge function and one MERGE_METHODS entry.
 
 - Mirror merge (ZFTurbo's `create_csv_for_retinanet`): one model's cache folder; the image's and the mirrored
   image's rows are two lists of weight 1/2. Scores are written with 6 decimals, coordinates with 4.
@@ -42,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from oid_retinanet.boxes.merge import CONF_TYPES, VARIANTS, BoxBatch, filter_rows, merge_batch
+from oid_retinanet.boxes.nms import batched_soft_nms
 from oid_retinanet.boxes.wbf import WBF_CONF_TYPES, fuse_batch, prefilter
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_output
@@ -57,6 +59,8 @@ ENSEMBLE_DEFAULTS = {
     "2018": {"skip_box_thr": 0.01, "iou_thr": 0.55, "limit_boxes": 400, "type": "avg"},
     "2019": {"skip_box_thr": 0.15, "iou_thr": 0.55, "limit_boxes": 600, "type": "avg"},
 }
+# py_cpu_softnms' defaults in the 2019 repository (method 2: gaussian)
+SOFT_NMS = {"sigma": 0.5, "score_thr": 0.001, "method": "gaussian"}
 # (score decimals, coordinate decimals) as each original wrote them
 DECIMALS = {"mirror": (6, 4), "2018": (5, 4), "2019": (3, 3)}
 BATCH_IMAGES = 256
@@ -172,6 +176,14 @@ def _fusion_merge(image, list_index, labels, scores, boxes, weights, settings: M
     return out_image, np.column_stack([out_labels, out_scores, out_boxes])
 
 
+def _soft_nms(image, list_index, labels, scores, boxes, weights, settings: MergeSettings):
+    """Soft-NMS of the pooled lists per image and label (boxes/nms.py; the 2019 repository's `py_cpu_softnms`
+    with its defaults: gaussian, sigma 0.5, kept above 0.001): overlapping boxes lose score instead of merging."""
+    groups = image.astype(np.int64) * (int(labels.max(initial=-1)) + 1) + labels
+    keep, decayed = batched_soft_nms(boxes, scores, groups, iou_thr=settings.iou_thr, **SOFT_NMS)
+    return image[keep], np.column_stack([labels[keep], decayed, boxes[keep]])
+
+
 def _no_merge(image, list_index, labels, scores, boxes, weights, settings: MergeSettings):
     """Every filtered box as it is (gujingxiao's per-level submission CSV: filtered, not merged)."""
     return image, np.column_stack([labels, scores, boxes])
@@ -181,6 +193,7 @@ MERGE_METHODS: dict[str, MergeMethod] = {
     **{conf: MergeMethod(_shared_weights, _cluster_merge, sorted_desc=False, mirror=True) for conf in CONF_TYPES},
     "wbf": MergeMethod(_model_weights, _fusion_merge, sorted_desc=True, mirror=False),
     "none": MergeMethod(_model_weights, _no_merge, sorted_desc=False, mirror=True),
+    "soft-nms": MergeMethod(_model_weights, _soft_nms, sorted_desc=False, mirror=True),
 }
 MERGE_TYPES = tuple(MERGE_METHODS)
 
