@@ -58,7 +58,8 @@ def build_parser(description: str | None, variant: str) -> argparse.ArgumentPars
                    help=f"level of the built-in label list and default folders (default: {DEFAULT_LEVEL['2018']} "
                         f"for 2018, {DEFAULT_LEVEL['2019']} for 2019)")
     p.add_argument("--type", choices=MERGE_TYPES, default=None,
-                   help="avg, max, mul: the original's merge; wbf: weighted boxes fusion (default: avg)")
+                   help="avg, max, mul: the original's merge; wbf: weighted boxes fusion; soft-nms: overlapping "
+                        "boxes decayed, not merged; none: every box kept (default: avg)")
     p.add_argument("--wbf-conf-type", choices=WBF_CONF_TYPES, default="avg",
                    help="confidence rule of --type wbf (default: %(default)s)")
     p.add_argument("--variant", choices=["2018", "2019"], default=variant,
