@@ -1,0 +1,44 @@
+"""export_model.py: the SavedModel a deployment loads gives the Keras model's detections on a prepared image, and
+carries the model card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # exports and reloads a graph
+
+
+def test_savedmodel_gives_the_keras_detections_and_carries_the_card(tmp_path, capsys):
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("SavedModel export needs the TensorFlow backend")
+    import tensorflow as tf
+
+    from oid_retinanet.data.preprocess import prepare_image
+    from oid_retinanet.model.card import CARD_MEMBER, ModelCard, save_model
+    from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
+    from retinanet_training_level_1 import export_model as script
+
+    keras.utils.set_random_seed(5)
+    model = retinanet_bbox(retinanet(3, backbone="mobilenet128_0.25", prior_probability=0.5), max_detections=20)
+    card = ModelCard("mobilenet128_0.25", 3, classes=[("/m/014j1m", "Apple"), ("/m/0cyhj_", "Orange"),
+                                                     ("/m/09k_b", "Lemon")], min_side=96, max_side=128)
+    save_model(model, tmp_path / "m.keras", card)
+    out = tmp_path / "exported"
+    assert script.main([str(tmp_path / "m.keras"), str(out)]) == 0
+    written = json.loads((out / CARD_MEMBER).read_text())
+    assert written["classes"] == [list(c) for c in card.classes] and written["filter"]["max_detections"] == 20
+    image = np.random.default_rng(0).integers(0, 255, size=(240, 320, 3), dtype=np.uint8)
+    x, _ = prepare_image(image, min_side=written["min_side"], max_side=written["max_side"])
+    expected = [np.asarray(v) for v in model.predict_on_batch(x[None])]
+    loaded = tf.saved_model.load(str(out))  # kept referenced: its variables live with it
+    got = [np.asarray(v) for v in loaded.serve(tf.constant(x[None]))]
+    np.testing.assert_array_equal(got[2], expected[2])
+    np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-3)
+    assert (expected[2] >= 0).sum() > 0  # prior 0.5: there are detections to compare
+    assert script.main([str(tmp_path / "m.keras"), str(out)]) == 2  # never over an earlier export
+    assert "exists" in capsys.readouterr().err
