@@ -189,3 +189,14 @@ def dense_targets(regression: np.ndarray, classification: np.ndarray, num_classe
     dense[..., -1] = regression[..., 4]
     return dense
 
+
+
+def matched_boxes(anchors: np.ndarray, boxes: np.ndarray, positive_overlap: float = POSITIVE_OVERLAP) -> np.ndarray:
+    """Which boxes (M,) some anchor learns: the boxes that are the best box of at least one positive anchor (IoU
+    >= positive_overlap), as keras-retinanet's debug.py drew them green; the others get no positive anchor."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    matched = np.zeros(len(boxes), dtype=bool)
+    if len(boxes):
+        best, best_overlap = best_overlaps(anchors, boxes)
+        matched[best[best_overlap >= positive_overlap]] = True
+    return matched
