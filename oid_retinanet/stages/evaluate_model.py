@@ -95,17 +95,10 @@ def run(args: argparse.Namespace) -> int:
     from oid_retinanet.model.anchors import read_anchor_config
     from oid_retinanet.oid.levels import level_inputs
     from oid_retinanet.oid.predictions import ImagePredictions
-    from oid_retinanet.predict.cache import (
-        cache_file,
-        cache_folder_name,
-        check_classes,
-        file_sha256,
-        read_cache,
-        record_classes,
-        record_settings,
-    )
-    from oid_retinanet.predict.inference import filter_settings, image_id, predict_images, visualize
+    from oid_retinanet.predict.cache import cache_file, cache_folder_name, read_cache
+    from oid_retinanet.predict.inference import image_id, visualize
     from oid_retinanet.predict.resolve import resolve_model
+    from oid_retinanet.stages.inference import predict_to_cache
     from oid_retinanet.train.callbacks import ap_lines, level_ground_truth
 
     if not os.path.isfile(args.weights):
@@ -122,14 +115,7 @@ def run(args: argparse.Namespace) -> int:
     # --labels-filter is scored on its classes only; one with classes the level lacks stops here, naming them)
     data = load_level_data(inputs.annotations["validation"], inputs.classes, inputs.params["validation"],
                            inputs.images["validation"], labels_filter=list(resolved.labels.mids))
-    check_classes(cache_dir, resolved.labels)
-    model = resolved.load()
-    min_side, max_side = resolved.sides
-    record_settings(cache_dir, {"weights_sha256": file_sha256(args.weights), "weights_name":
-                                os.path.basename(args.weights), "min_side": min_side, "max_side": max_side,
-                                "flip": False, "filter": filter_settings(model)})
-    record_classes(cache_dir, resolved.labels)
-    predict_images(model, data.paths, cache_dir, min_side, max_side, flip=False, batch_size=args.batch_size)
+    predict_to_cache(resolved, data.paths, cache_dir, flip=False, batch_size=args.batch_size)
     if args.save_path:
         visualize(data.paths, cache_dir, args.save_path, len(data.paths), resolved.labels.names)
     mids = np.asarray(data.classes.mids, dtype=object)

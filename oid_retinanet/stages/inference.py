@@ -114,6 +114,24 @@ def _cached_labels(args: argparse.Namespace, cache_dir: str):
     return labels
 
 
+def predict_to_cache(resolved, paths, cache_dir: str, flip: bool, batch_size: int = 1, workers: int = 2,
+                     overwrite: bool = False):
+    """Predict `paths` with the resolved model into `cache_dir`, first recording there the settings (weights,
+    sides, flip, filter) and the class list a resumed or shared folder must keep; returns the InferenceReport."""
+    from oid_retinanet.predict.cache import file_sha256, record_classes, record_settings
+    from oid_retinanet.predict.inference import filter_settings, predict_images
+
+    min_side, max_side = resolved.sides
+    model = resolved.load()
+    record_settings(cache_dir, {"weights_sha256": file_sha256(resolved.path),
+                                "weights_name": os.path.basename(resolved.path), "min_side": min_side,
+                                "max_side": max_side, "flip": flip, "filter": filter_settings(model)},
+                    overwrite=overwrite)
+    record_classes(cache_dir, resolved.labels)
+    return predict_images(model, paths, cache_dir, min_side, max_side, flip=flip, batch_size=batch_size,
+                          workers=workers)
+
+
 def default_names(args: argparse.Namespace, constants) -> tuple[str | None, str | None]:
     """(cache folder, output CSV) the variant's original would use, None where it cannot tell."""
     if args.variant == "2019":
@@ -153,22 +171,14 @@ def run(args: argparse.Namespace, constants) -> int:
         labels = _cached_labels(args, cache_dir)
 
     if not args.from_cache:
-        from oid_retinanet.predict.cache import file_sha256, record_classes, record_settings
-        from oid_retinanet.predict.inference import filter_settings, list_images, predict_images, shard, visualize
+        from oid_retinanet.predict.inference import list_images, shard, visualize
 
         paths = list_images(args.images)
         if args.shard:
             paths = shard(paths, *args.shard)
             log.info("shard %d/%d: %d images", *args.shard, len(paths))
-        min_side, max_side = resolved.sides
-        model = resolved.load()
-        record_settings(cache_dir, {"weights_sha256": file_sha256(args.weights),
-                                    "weights_name": os.path.basename(args.weights), "min_side": min_side,
-                                    "max_side": max_side, "flip": args.flip, "filter": filter_settings(model)},
-                        overwrite=args.overwrite_cache)
-        record_classes(cache_dir, labels)
-        report = predict_images(model, paths, cache_dir, min_side, max_side, flip=args.flip,
-                                batch_size=args.batch_size, workers=args.workers)
+        report = predict_to_cache(resolved, paths, cache_dir, args.flip, args.batch_size, args.workers,
+                                  args.overwrite_cache)
         if report.failures:
             print(f"{len(report.failures)} unreadable images, listed in {Path(cache_dir) / 'failures.txt'}",
                   file=sys.stderr)
