@@ -105,3 +105,14 @@ def test_a_truncated_gzip_input_is_one_line(predictions, tmp_path, capsys):
     err = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "cut.csv.gz" in err[0] and "gzip" in err[0] and "Traceback" not in out, out
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_class_lists_take_gzip(tmp_path):
+    from oid_retinanet.oid.classes import read_class_descriptions
+
+    text = "/m/03120,Flag\n/m/06m11,Rose\n"
+    (tmp_path / "c.csv").write_text(text)
+    with gzip.open(tmp_path / "c.csv.gz", "wt") as f:
+        f.write(text)
+    plain, packed = (read_class_descriptions(str(tmp_path / n)) for n in ("c.csv", "c.csv.gz"))
+    assert packed.mids == plain.mids == ("/m/03120", "/m/06m11") and packed.names == plain.names

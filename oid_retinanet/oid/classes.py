@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_path, open_input
 
 MID_PATTERN = re.compile(r"^/[mg]/[0-9a-z_]+$")
 # A model's class list written beside what it made (its snapshots, its prediction cache): MID,DisplayName lines
@@ -79,7 +79,7 @@ def read_class_descriptions(path: str, allow_aliases: bool = False) -> ClassList
     mids: list[str] = []
     names: list[str] = []
     seen: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open_input(path, "rt", newline="", encoding="utf-8-sig") as f:
         for row_number, row in enumerate(csv.reader(f), start=1):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
