@@ -6,7 +6,8 @@ from scratch on the CPU (the five classes, small images, a few minutes), convers
 inference on the validation images with flip TTA (and drawn detections), expansion to parent classes; then an
 ensemble of the two models (weighted boxes fusion) and the official OID mAP of the level-1, the expanded and
 the ensembled predictions. Then gujingxiao's 2019 flow on the same data: the train images gathered into one
-folder, the exists split of label level 2, a level-2 model trained, converted and scored on that split (VOC),
+folder, the exists split of label level 2, a level-2 model trained from the first 2018 model (its backbone
+frozen, as the 2019 README starts from the 2018 weights), converted and scored on that split (VOC),
 its predictions of the validation images, the levels joined, parent classes added, and the official mAP of
 that submission (`flow_2019_map`; level 2 holds two of the five classes, so it scores lower).
 
@@ -51,11 +52,15 @@ class Plan:
     min_side: int = 96
     max_side: int = 128
     seeds: tuple[int, ...] = (0, 1)  # one model per seed (initial weights, image draw, augmentation)
+    # the 2019 level-2 model starts from the first 2018 model with its backbone frozen, as gujingxiao's README
+    # starts from the 2018 weights: a few epochs suffice
+    epochs_2019: int = 4
     visualize: int = 8
 
 
 FULL = Plan(DatasetSpec())
-QUICK = Plan(DatasetSpec(n_train=16, n_validation=8, n_test=4), epochs=1, steps=2, batch_size=2, visualize=2)
+QUICK = Plan(DatasetSpec(n_train=16, n_validation=8, n_test=4), epochs=1, steps=2, batch_size=2, visualize=2,
+             epochs_2019=1)
 
 
 @dataclass
@@ -129,6 +134,7 @@ def _stages_2019(data: Path, out: Path, plan: Plan) -> list[Stage]:
     level, d19, o19, subm = "2", out / "dataset_2019", out / "output_2019", out / "subm"
     snapshots = out / "models" / "snapshots_2019"
     inference = out / "models" / f"demo_level_{level}_2019_inference.keras"
+    start = out / "models" / f"snapshots_{plan.seeds[0]}" / f"{plan.backbone}_oid_level_1_{plan.epochs:02d}.keras"
     sides = ["--image-min-side", str(plan.min_side), "--image-max-side", str(plan.max_side)]
     folders = sorted(str(p) for p in (data / "train").iterdir() if p.is_dir())
     level_csv, joined, expanded = (subm / f"{name}_2019.csv" for name in (f"level_{level}", "all_levels", "expanded"))
@@ -143,14 +149,15 @@ def _stages_2019(data: Path, out: Path, plan: Plan) -> list[Stage]:
         Stage("8c. 2019: image parameters", ["labelProcess/collect_image_parameters.py", "--images", str(d19 / "train"),
                                              "--subset", "train", "--output-path", str(o19)],
               o19 / "train_image_params.csv"),
-        Stage(f"8d. 2019: train a level-{level} model from scratch ({plan.epochs} x {plan.steps} steps)", [
-            "retinanet_training_oid_2019/train_oid_2019_resnet50.py", "--label-level", level, "--no-weights",
-            "--dataset-path", str(d19), "--output-path", str(o19), "--snapshot-path", str(snapshots), *sides,
-            "--batch-size", str(plan.batch_size), "--epochs", str(plan.epochs), "--steps", str(plan.steps),
-            "--lr", str(plan.lr), "--seed", "0", "--no-evaluation", "--snapshot-every", str(plan.epochs)],
-              snapshots),
+        Stage(f"8d. 2019: train a level-{level} model from the first 2018 model, backbone frozen "
+              f"({plan.epochs_2019} x {plan.steps} steps)", [
+                  "retinanet_training_oid_2019/train_oid_2019_resnet50.py", "--label-level", level, "--weights",
+                  str(start), "--freeze-backbone", "--dataset-path", str(d19), "--output-path", str(o19),
+                  "--snapshot-path", str(snapshots), *sides, "--batch-size", str(plan.batch_size), "--epochs",
+                  str(plan.epochs_2019), "--steps", str(plan.steps), "--lr", str(plan.lr), "--seed", "0",
+                  "--no-evaluation", "--snapshot-every", str(plan.epochs_2019)], snapshots),
         Stage("8e. 2019: convert it", ["retinanet_training_oid_2019/convert_retinanet_model.py",
-                                       str(snapshots / f"resnet50_oid_level_{level}_{plan.epochs:02d}.keras"),
+                                       str(snapshots / f"resnet50_oid_level_{level}_{plan.epochs_2019:02d}.keras"),
                                        str(inference)], inference),
         Stage("8f. 2019: its VOC mAP on the val-exists split", [
             "retinanet_training_oid_2019/eval_oid_2019_resnet50.py", "--label-level", level, "--weights",
