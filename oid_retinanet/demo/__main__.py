@@ -54,7 +54,7 @@ class Plan:
     seeds: tuple[int, ...] = (0, 1)  # one model per seed (initial weights, image draw, augmentation)
     # the 2019 level-2 model starts from the first 2018 model with its backbone frozen, as gujingxiao's README
     # starts from the 2018 weights: a few epochs suffice
-    epochs_2019: int = 4
+    epochs_2019: int = 2
     visualize: int = 8
 
 
