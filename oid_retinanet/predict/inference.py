@@ -158,15 +158,10 @@ def predict_batch(model, x: np.ndarray, flip: bool = True) -> tuple[np.ndarray, 
 
 def filter_settings(model) -> dict:
     """The detection filter of an inference model (FilterDetections' settings: thresholds, limit, NMS), which
-    decides what its cache files hold."""
-    from oid_retinanet.model.filter_detections import FilterDetections
+    decides what its cache files hold; {} for a training model."""
+    from oid_retinanet.model.retinanet import inference_settings
 
-    layer = next((layer for layer in model.layers if isinstance(layer, FilterDetections)), None)
-    if layer is None:
-        return {}
-    config = layer.get_config()
-    return {k: config[k] for k in ("nms", "class_specific_filter", "nms_threshold", "score_threshold",
-                                   "max_detections") if k in config}
+    return inference_settings(model).get("filter", {})
 
 
 def model_num_classes(model) -> int:
