@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from oid_retinanet.data.augment import RandomTransform
-    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
+    from oid_retinanet.data.datasets import load_level_data
+    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator
     from oid_retinanet.evaluate import EvalClasses, evaluate_predictions, read_ground_truth
     from oid_retinanet.model.backbones import feature_shapes_fn
     from oid_retinanet.model.retinanet import retinanet

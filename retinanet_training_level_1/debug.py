@@ -1,13 +1,15 @@
 """What the model is trained on, drawn, and the anchors' coverage of the boxes (keras-retinanet's debug.py).
 
-For a level's images (--level, --split, --subset), each image as the generator prepares it (resized to
---image-min-side/--image-max-side, with --random-transform the training augmentation), its boxes green where some
-anchor is positive for them (IoU >= 0.5) and red where none is, and the positive anchors yellow (--no-anchors
-hides them); PNG files in --save-path. Always prints, by box size, how many boxes no anchor learns: the number
-anchor settings (--config, keras-retinanet's config.ini) are tuned with. There is no interactive window: open
-the PNGs. Example:
+For a level's images (--level, --split, --subset), or a dataset of your own (keras-retinanet's forms `csv
+ANNOTATIONS CLASSES` and `coco COCO_PATH`, or --dataset-format with --annotations), each image as the generator
+prepares it (resized to --image-min-side/--image-max-side, with --random-transform the training augmentation), its
+boxes green where some anchor is positive for them (IoU >= 0.5) and red where none is, and the positive anchors
+yellow (--no-anchors hides them); PNG files in --save-path. Always prints, by box size, how many boxes no anchor
+learns: the number anchor settings (--config, keras-retinanet's config.ini) are tuned with. There is no interactive
+window: open the PNGs. Example:
 
     python retinanet_training_level_1/debug.py --level 1 --limit 200 --save-path debug/ --config anchors.ini
+    python retinanet_training_level_1/debug.py --save-path debug/ csv train.csv classes.csv
 """
 
 from __future__ import annotations
@@ -21,13 +23,22 @@ import argparse
 
 import a00_utils_and_constants as C
 from oid_retinanet.cli import positive_int, script_main, setup_logging
+from oid_retinanet.errors import OIDInputError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from oid_retinanet.data.datasets import FORMATS
     from oid_retinanet.model.backbones import default_sides, usage
     from oid_retinanet.oid.levels import SPLITS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", nargs="*", metavar="[csv ANNOTATIONS CLASSES | coco COCO_PATH | oid DATASET_PATH]",
+                   help="keras-retinanet's dataset forms (default: the level's files)")
+    p.add_argument("--dataset-format", choices=FORMATS, default="oid",
+                   help="oid level files, keras-retinanet's csv (--annotations, --csv-classes) or coco "
+                        "(--dataset-path the COCO folder) (default: %(default)s)")
+    p.add_argument("--annotations", metavar="FILE", help="the --subset's annotation file instead of the default")
+    p.add_argument("--csv-classes", metavar="CSV", help="csv: the class file (`class_name,id` lines)")
     p.add_argument("--level", "--label-level", default="1", help="the level's files (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default="levels", help="stage 1's files or the 2019 exists split "
                    "(default: %(default)s)")
@@ -55,17 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     from oid_retinanet.data.augment import RandomTransform
+    from oid_retinanet.data.datasets import dataset_sources, dataset_words
     from oid_retinanet.data.debug import debug_images
-    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
+    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator
     from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, read_anchor_config
     from oid_retinanet.model.backbones import family, feature_shapes_fn
-    from oid_retinanet.oid.levels import level_inputs
 
     family(args.backbone)  # a clear error for an unknown name
-    inputs = level_inputs(args.output_path, args.dataset_path, args.level, args.split)
-    inputs.check((args.subset,))
-    data = load_level_data(inputs.annotations[args.subset], inputs.classes, inputs.params[args.subset],
-                           inputs.images[args.subset])
+    words = dataset_words(args.dataset)
+    given = {args.subset: words.get("annotations", args.annotations)}
+    sources = dataset_sources(words.get("format", args.dataset_format), words.get("dataset_path", args.dataset_path),
+                              args.output_path, args.level, args.split, train=given.get("train"),
+                              validation=given.get("validation"), classes=words.get("classes", args.csv_classes))
+    if args.subset not in sources:
+        raise OIDInputError(f"no {args.subset} annotations given (--annotations)")
+    source = sources[args.subset]
+    data = source.load()
     anchors = read_anchor_config(args.config) if args.config else DEFAULT_ANCHOR_PARAMS
     generator = OpenImagesGenerator(data, GeneratorConfig(
         min_side=args.image_min_side, max_side=args.image_max_side, anchor_params=anchors,
@@ -73,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         sampling="sequential"))
     indices = range(min(len(data), args.limit or len(data)))
     coverage = debug_images(generator, indices, args.save_path, args.random_transform, args.anchors, args.seed)
-    print(f"{len(indices)} images of {inputs.annotations[args.subset]} at {args.image_min_side}/"
+    print(f"{len(indices)} images of {source.annotations} at {args.image_min_side}/"
           f"{args.image_max_side}, anchors {anchors.describe()}:\n{coverage.table()}")
     return 0
 

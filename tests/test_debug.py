@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
 
 
 def test_debug_script_draws_and_counts(tiny, tmp_path, capsys):
-    from oid_retinanet.data.generator import load_level_data
+    from oid_retinanet.data.datasets import load_level_data
     from oid_retinanet.oid.levels import level_inputs
     from retinanet_training_level_1 import debug
 

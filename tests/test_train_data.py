@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from oid_retinanet.data.augment import RandomTransform, random_intensity_change, transform_boxes
-from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, balanced_draw, load_level_data
+from oid_retinanet.data.datasets import load_level_data
+from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, balanced_draw
 from oid_retinanet.data.preprocess import compute_resize_scale
 from oid_retinanet.data.targets import LABEL_IGNORE, LABEL_NEGATIVE, anchor_targets, dense_targets
 from oid_retinanet.errors import OIDInputError

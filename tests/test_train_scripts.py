@@ -160,7 +160,8 @@ def test_data_parallel_on_two_logical_cpus(backend, tiny, tmp_path):
 def test_a_few_images_overfit(tmp_path):
     import keras
 
-    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
+    from oid_retinanet.data.datasets import load_level_data
+    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator
     from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
     from oid_retinanet.train.trainer import compile_model
 

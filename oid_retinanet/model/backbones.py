@@ -59,6 +59,12 @@ def family(backbone: str) -> Family:
     raise ValueError(f"unknown backbone {backbone!r}: {usage()}")
 
 
+def register_layers() -> None:
+    """Import every family's module, so that Keras can deserialise their layers (before loading a `.keras` file)."""
+    for fam in FAMILIES:
+        fam.load()
+
+
 def usage() -> str:
     """Every backbone name form, for help texts."""
     return " or ".join(f.usage for f in FAMILIES)

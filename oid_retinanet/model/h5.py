@@ -389,8 +389,10 @@ def load_model(path: str | Path, inference: bool | None = None, skip_mismatch: b
         raise FileNotFoundError(2, "No such file or directory", str(path))
     if path.suffix == ".keras":
         # Importing the model modules registers our layers with Keras' deserialisation.
+        from oid_retinanet.model.backbones import register_layers
         from oid_retinanet.model.retinanet import is_inference_model, retinanet_bbox, training_model_of
 
+        register_layers()
         try:
             model = keras.saving.load_model(path, compile=False)
         except (ValueError, OSError) as exc:

@@ -70,11 +70,12 @@ class ClassList:
         return {n: list(m) for n, m in self._mids_by_name.items() if len(m) > 1}
 
 
-def read_class_descriptions(path: str, allow_aliases: bool = False) -> ClassList:
+def read_class_descriptions(path: str, allow_aliases: bool = False, any_ids: bool = False) -> ClassList:
     """Read a class-description CSV (no header, `MID,DisplayName`); malformed rows raise OIDInputError.
 
     allow_aliases: accept a MID on several rows (extra names for it, as a name lookup table); otherwise a
-    repeated MID is an error.
+    repeated MID is an error. any_ids: the first column may be any identifier, not only an Open Images MID (a
+    model's class list: one trained on a csv or coco dataset names its classes by name or category id).
     """
     mids: list[str] = []
     names: list[str] = []
@@ -87,7 +88,7 @@ def read_class_descriptions(path: str, allow_aliases: bool = False) -> ClassList
                 raise OIDInputError(f"expected 2 columns MID,DisplayName, got {len(row)}: {row!r}", path,
                                     row_number)
             mid, name = row[0].strip(), row[1].strip()
-            if not MID_PATTERN.match(mid):
+            if not mid or not (any_ids or MID_PATTERN.match(mid)):
                 raise OIDInputError(f"bad MID {mid!r} (expected like /m/0abc12)", path, row_number)
             if not name:
                 raise OIDInputError(f"empty display name for {mid}", path, row_number)

@@ -226,7 +226,7 @@ def iter_cache_dir(cache_dir: str | os.PathLike, ids: Iterable[str] | None = Non
 def recorded_classes(cache_dir: str | os.PathLike) -> ClassList | None:
     """The class list recorded in a cache folder, or None (a folder written before it was recorded)."""
     path = Path(cache_dir) / CLASSES_FILE
-    return read_class_descriptions(str(path)) if path.is_file() else None
+    return read_class_descriptions(str(path), any_ids=True) if path.is_file() else None
 
 
 def check_classes(cache_dir: str | os.PathLike, labels: ClassList) -> None:

@@ -77,17 +77,18 @@ def model_card(weights: str) -> tuple[ModelCard, object]:
     return card_of_h5(h5.inspect_h5(weights)), None
 
 
-def _classes(card: ModelCard, labels_csv: str | None, cache_dir: str | None, required: bool) -> ClassList | None:
+def _classes(card: ModelCard, labels: str | ClassList | None, cache_dir: str | None, required: bool
+             ) -> ClassList | None:
     n = card.num_classes
-    if labels_csv:
-        given = read_class_descriptions(labels_csv)
+    if labels:
+        given = labels if isinstance(labels, ClassList) else read_class_descriptions(labels, any_ids=True)
         if len(given) != n:
-            raise OIDInputError(f"{len(given)} classes, but the model has {n} ({card.source})", labels_csv)
+            raise OIDInputError(f"{len(given)} classes, but the model has {n} ({card.source})", given.source)
         if card.classes is not None and not card.is_assumed("classes"):
             recorded = ClassList(*map(tuple, zip(*card.classes)), source=card.source)
             detail = class_list_difference(recorded, given)
             if detail is not None:
-                log.warning("--labels %s overrides the class list of %s (%s)", labels_csv, card.source, detail)
+                log.warning("--labels %s overrides the class list of %s (%s)", given.source, card.source, detail)
         return given
     if card.classes is not None and not card.is_assumed("classes"):
         return ClassList(*map(tuple, zip(*card.classes)), source=card.source)
@@ -125,15 +126,15 @@ def _anchors(card: ModelCard, anchors: AnchorParameters | None, config: str | No
     return card.with_(anchors=anchors)
 
 
-def resolve_model(weights: str, labels: str | None = None, min_side: int | None = None,
+def resolve_model(weights: str, labels: str | ClassList | None = None, min_side: int | None = None,
                   max_side: int | None = None, anchors: AnchorParameters | None = None, config: str | None = None,
                   cache_dir: str | None = None, need_classes: bool = True) -> ResolvedModel:
     """The model file `weights` with every fact settled (see the module docstring for the order).
 
-    labels: a MID,DisplayName CSV (--labels); min_side/max_side: --min-side/--max-side; anchors: read from
-    `config` (--config, keras-retinanet's config.ini); cache_dir: the prediction cache folder, whose classes.csv
-    names the classes when no flag or card does. need_classes=False: a model whose classes nothing names resolves
-    with labels None (for conversion, which only carries them on).
+    labels: a MID,DisplayName CSV (--labels) or the classes themselves; min_side/max_side: --min-side/--max-side;
+    anchors: read from `config` (--config, keras-retinanet's config.ini); cache_dir: the prediction cache folder,
+    whose classes.csv names the classes when no flag or card does. need_classes=False: a model whose classes nothing
+    names resolves with labels None (for conversion, which only carries them on).
     """
     card, loaded = model_card(weights)
     card = _anchors(card, anchors, config)

@@ -2,6 +2,9 @@
 level files (retinanet_training_level_1/evaluate_retinanet_model.py) and gujingxiao's eval_oid_2019_resnet50.py
 (retinanet_training_oid_2019/).
 
+A dataset of your own is scored the same way: keras-retinanet's forms `csv ANNOTATIONS CLASSES MODEL` and `coco
+COCO_PATH MODEL` (its val2017 set), or --dataset-format with --validation-annotations (data/datasets.py).
+
 Stage 4 predicts the level's validation images into a cache folder (resumable; the image alone, no mirror, as
 keras-retinanet evaluated), and the predictions are scored against the level file's boxes: the Open Images
 metric, or keras-retinanet's VOC-style mAP (IoU 0.5, scores above 0.05, at most 300 detections an image). Images
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from oid_retinanet.cli import PARALLEL_ITERATIONS_HELP, fraction, positive_int, setup_logging
+from oid_retinanet.errors import OIDInputError
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +33,22 @@ VOC_OPTIONS = {"iou_threshold": 0.5, "score_threshold": 0.05, "max_detections": 
 
 def build_parser(description: str, constants, split: str = "levels", metric: str = "oid") -> argparse.ArgumentParser:
     """The options, with the script's split and metric as defaults (`constants`: its a00, for the paths)."""
+    from oid_retinanet.data.datasets import FORMATS
     from oid_retinanet.oid.levels import SPLITS
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", nargs="*", metavar="[oid DATASET_PATH] MODEL",
-                   help="keras-retinanet's form: `oid DATASET_PATH MODEL` (or give --weights)")
+    p.add_argument("model", nargs="*", metavar="[oid DATASET_PATH | csv ANNOTATIONS CLASSES | coco COCO_PATH] MODEL",
+                   help="keras-retinanet's forms (or give --weights)")
+    p.add_argument("--dataset-format", choices=FORMATS, default="oid",
+                   help="oid level files, keras-retinanet's csv (--validation-annotations, --csv-classes) or coco "
+                        "(--dataset-path the COCO folder) (default: %(default)s)")
+    p.add_argument("--csv-classes", metavar="CSV", help="csv: the class file (`class_name,id` lines)")
     p.add_argument("--weights", help="the model: ours (.keras) or keras-retinanet's .h5, training or converted")
     p.add_argument("--level", "--label-level", default="1", help="the level it was trained on (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default=split,
                    help="which validation files: stage 1's (levels) or the 2019 exists split (default: %(default)s)")
-    p.add_argument("--validation-annotations", metavar="CSV", help="score on this box file instead of the split's")
+    p.add_argument("--validation-annotations", "--val-annotations", metavar="FILE",
+                   help="score on this annotation file instead of the split's")
     p.add_argument("--dataset-path", default=constants.DATASET_PATH, help="images (default: %(default)s)")
     p.add_argument("--output-path", default=constants.OUTPUT_PATH,
                    help="level files and image parameters (default: %(default)s)")
@@ -70,15 +80,22 @@ def build_parser(description: str, constants, split: str = "levels", metric: str
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse, mapping keras-retinanet's `oid DATASET_PATH MODEL` form onto --dataset-path and --weights."""
+    """Parse, mapping keras-retinanet's `oid DATASET_PATH MODEL`, `csv ANNOTATIONS CLASSES MODEL` and `coco
+    COCO_PATH MODEL` forms onto --dataset-format, --dataset-path, --validation-annotations, --csv-classes and
+    --weights."""
+    from oid_retinanet.data.datasets import dataset_words
+
     args = parser.parse_args(argv)
     if args.model:
-        if len(args.model) == 3 and args.model[0] == "oid":
-            args.dataset_path, args.weights = args.model[1], args.model[2]
-        elif len(args.model) == 1:
-            args.weights = args.model[0]
-        else:
-            parser.error(f"unexpected arguments {' '.join(args.model)}: give MODEL or `oid DATASET_PATH MODEL`")
+        args.weights = args.model[-1]
+        try:
+            words = dataset_words(args.model[:-1])
+        except OIDInputError as exc:
+            parser.error(str(exc).replace("`oid DATASET_PATH`", "`oid DATASET_PATH MODEL`"))
+        args.dataset_format = words.get("format", args.dataset_format)
+        args.dataset_path = words.get("dataset_path", args.dataset_path)
+        args.validation_annotations = words.get("annotations", args.validation_annotations)
+        args.csv_classes = words.get("classes", args.csv_classes)
     if not args.weights:
         parser.error("the model is needed: --weights FILE (or `oid DATASET_PATH MODEL`)")
     return args
@@ -89,11 +106,11 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     if args.gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    from oid_retinanet.data.generator import load_level_data
+    from oid_retinanet.data.datasets import dataset_sources
     from oid_retinanet.evaluate import evaluate_predictions
     from oid_retinanet.evaluate.oid_map import write_report
     from oid_retinanet.model.anchors import read_anchor_config
-    from oid_retinanet.oid.levels import level_inputs
+    from oid_retinanet.model.card import read_card
     from oid_retinanet.oid.predictions import ImagePredictions
     from oid_retinanet.predict.cache import cache_file, cache_folder_name, read_cache
     from oid_retinanet.predict.inference import image_id, visualize
@@ -103,18 +120,23 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.weights):
         raise FileNotFoundError(2, "No such file or directory", args.weights)
-    inputs = level_inputs(args.output_path, args.dataset_path, args.level, args.split)
-    inputs.annotations["validation"] = args.validation_annotations or inputs.annotations["validation"]
-    inputs.check(("validation",))
+    source = dataset_sources(args.dataset_format, args.dataset_path, args.output_path, args.level, args.split,
+                             validation=args.validation_annotations, classes=args.csv_classes).get("validation")
+    if source is None:
+        raise OIDInputError("a csv dataset is scored on --validation-annotations (or `csv ANNOTATIONS CLASSES "
+                            "MODEL`)")
+    data = source.load()
+    name = f"level_{args.level}" if args.dataset_format == "oid" else Path(source.annotations).name.split(".")[0]
     cache_dir = args.cache_dir or os.path.join(
-        args.output_path, cache_folder_name(f"{Path(args.weights).stem}_level_{args.level}_validation"))
-    resolved = resolve_model(args.weights, labels=args.labels or _labels_of_a_model_without_card(args, inputs),
-                             min_side=args.min_side, max_side=args.max_side, config=args.config,
-                             anchors=read_anchor_config(args.config) if args.config else None)
-    # the level's images and boxes of the model's classes, in its output order (a model trained with
-    # --labels-filter is scored on its classes only; one with classes the level lacks stops here, naming them)
-    data = load_level_data(inputs.annotations["validation"], inputs.classes, inputs.params["validation"],
-                           inputs.images["validation"], labels_filter=list(resolved.labels.mids))
+        args.output_path, cache_folder_name(f"{Path(args.weights).stem}_{name}_validation"))
+    card = read_card(args.weights)
+    # a model whose card names no classes was trained on this data's (or is told them with --labels)
+    labels = args.labels or (None if card is not None and card.classes is not None else data.classes)
+    resolved = resolve_model(args.weights, labels=labels, min_side=args.min_side, max_side=args.max_side,
+                             config=args.config, anchors=read_anchor_config(args.config) if args.config else None)
+    # the images and boxes of the model's classes, in its output order (a model trained with --labels-filter is
+    # scored on its classes only; one with classes the data lacks stops here, naming them)
+    data = data.only(list(resolved.labels.mids))
     predict_to_cache(resolved, data.paths, cache_dir, flip=False, batch_size=args.batch_size)
     if args.save_path:
         visualize(data.paths, cache_dir, args.save_path, len(data.paths), resolved.labels.names)
@@ -134,15 +156,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"mAP: {result.mean_ap:.4f}")
     output_dir = args.output_dir or os.path.join(cache_dir, "eval")
     write_report(result, output_dir, extra={"weights": args.weights, "level": args.level, "split": args.split,
-                                            "annotations": inputs.annotations["validation"]}, chart=False)
+                                            "format": args.dataset_format, "annotations": source.annotations},
+                 chart=False)
     log.info("%s mAP %.4f over %d classes with boxes; report in %s", args.metric, result.mean_ap,
              result.num_scored, output_dir)
     return 0
-
-
-def _labels_of_a_model_without_card(args: argparse.Namespace, inputs) -> str | None:
-    """The level's class file, for a model whose card names no classes (it was trained on that level)."""
-    from oid_retinanet.model.card import read_card
-
-    card = read_card(args.weights)
-    return None if card is not None and card.classes is not None else inputs.classes

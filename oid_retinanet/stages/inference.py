@@ -107,7 +107,7 @@ def _cached_labels(args: argparse.Namespace, cache_dir: str):
     from oid_retinanet.oid.classes import read_class_descriptions
     from oid_retinanet.predict.cache import check_classes, recorded_classes
 
-    labels = read_class_descriptions(args.labels) if args.labels else recorded_classes(cache_dir)
+    labels = read_class_descriptions(args.labels, any_ids=True) if args.labels else recorded_classes(cache_dir)
     if labels is None:
         raise OIDInputError("no classes.csv in the cache folder: give --labels (or --weights)", cache_dir)
     check_classes(cache_dir, labels)

@@ -19,7 +19,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from oid_retinanet.data.generator import LevelData, OpenImagesGenerator
+from oid_retinanet.data.datasets import LevelData
+from oid_retinanet.data.generator import OpenImagesGenerator
 from oid_retinanet.evaluate import evaluate_predictions
 from oid_retinanet.evaluate.oid_map import EvalClasses, GroundTruth, MetricResult, ground_truth_from_frames
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters

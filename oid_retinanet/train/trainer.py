@@ -36,7 +36,7 @@ from oid_retinanet.cli import fraction, positive_float, positive_int
 from oid_retinanet.errors import OIDInputError
 
 if TYPE_CHECKING:
-    from oid_retinanet.oid.levels import LevelInputs
+    from oid_retinanet.data.datasets import Source
 
 log = logging.getLogger(__name__)
 TRAINER_DOC = "\n" + __doc__
@@ -69,10 +69,12 @@ class TrainConfig:
     image_min_side: int
     image_max_side: int
     level: str = "1"
+    dataset_format: str = "oid"  # data.datasets.FORMATS: oid level files, keras-retinanet csv, coco json
     split: str = "levels"  # which files: oid.levels.SPLITS
     select: bool = False  # split "exists": the -select file of labelProcess/tooMuch_label_select.py
     train_annotations: str | None = None  # instead of the split's file
     validation_annotations: str | None = None
+    csv_classes: str | None = None  # the class file of a csv dataset
     labels_filter: list[str] | None = None  # display names or MIDs, in model output order
     snapshot: str | None = None  # resume from this file
     resume: bool = False
@@ -89,6 +91,7 @@ class TrainConfig:
     reduce_lr_patience: int = LR_PATIENCE
     reduce_lr_factor: float = LR_FACTOR
     group: str = "ratio"
+    sampling: str | None = None  # balanced or shuffle; None: balanced for oid (the original's), shuffle otherwise
     seed: int = 0
     random_transform: bool = False
     intensity_change: bool = True
@@ -126,6 +129,7 @@ def build_parser(backbone: str, description: str, paths: dict[str, str], default
     """The options of a training script for `backbone` (whose registry entry gives the default image sides);
     `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH); `defaults` other defaults of
     the script (FLOW_2019 for the 2019 one)."""
+    from oid_retinanet.data.datasets import FORMATS
     from oid_retinanet.model.backbones import default_sides
     from oid_retinanet.oid.levels import SPLITS
 
@@ -159,9 +163,17 @@ def build_parser(backbone: str, description: str, paths: dict[str, str], default
                         "(default: %(default)s)")
     p.add_argument("--select", action="store_true",
                    help="with --split exists: train on the -select file of labelProcess/tooMuch_label_select.py")
-    p.add_argument("--train-annotations", metavar="CSV", help="train on this box file instead of the split's")
-    p.add_argument("--validation-annotations", metavar="CSV",
-                   help="validate on this box file instead of the split's")
+    p.add_argument("--dataset-format", choices=FORMATS, default=_default("dataset_format"),
+                   help="oid: the level files of stages 1 and 2; csv: keras-retinanet's CSV dataset "
+                        "(--train-annotations, --csv-classes, --validation-annotations; or `csv ANNOTATIONS "
+                        "CLASSES`); coco: COCO's instances JSON, --dataset-path the COCO folder (annotations/"
+                        "instances_train2017.json, images/train2017/; or `coco COCO_PATH`) (default: %(default)s)")
+    p.add_argument("--train-annotations", metavar="FILE", help="train on this annotation file instead of the "
+                   "split's (csv: the dataset's rows; coco: an instances JSON)")
+    p.add_argument("--validation-annotations", "--val-annotations", metavar="FILE",
+                   help="validate on this annotation file instead of the split's (a csv dataset without one "
+                        "trains without per-epoch mAP, as keras-retinanet)")
+    p.add_argument("--csv-classes", metavar="CSV", help="csv: the class file, `class_name,id` lines")
     p.add_argument("--labels-filter", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
                    help="train only these classes: comma-separated display names or MIDs, in model output order "
                         "(keras-retinanet's oid option; exact names)")
@@ -207,8 +219,9 @@ def build_parser(backbone: str, description: str, paths: dict[str, str], default
                    help="compute in bfloat16 (default when given) or float16, weights in float32")
     kr = p.add_argument_group(
         "keras-retinanet's train.py", "its flags, mapped onto the ones above where they differ (the log says how). "
-        "Its `oid DATASET_PATH` form is taken as --dataset-path, with `--version v4` and --annotation-cache-dir "
-        "accepted; --no-resize and --parent-label are refused with the reason.")
+        "Its dataset forms `oid DATASET_PATH`, `csv ANNOTATIONS CLASSES [--val-annotations FILE]` and `coco "
+        "COCO_PATH` are taken (after the options), with `--version v4` and --annotation-cache-dir accepted; "
+        "--no-resize and --parent-label are refused with the reason.")
     kr.add_argument("dataset", nargs="*", metavar="oid DATASET_PATH", help=argparse.SUPPRESS)
     kr.add_argument("--optimizer-clipnorm", type=positive_float, default=_default("optimizer_clipnorm"),
                     help="Adam's gradient clipping by norm, for a new optimizer (default: %(default)s)")
@@ -236,6 +249,10 @@ def build_parser(backbone: str, description: str, paths: dict[str, str], default
     kr.add_argument("--fixed-labels", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--group", choices=["ratio", "random"], default=_default("group"),
                    help="batch images of similar aspect ratio, or as drawn (the original) (default: %(default)s)")
+    p.add_argument("--sampling", choices=("balanced", "shuffle"),
+                   help="balanced: each batch slot draws a class, then an image of it (the original's); shuffle: "
+                        "every image in a new random order each pass (keras-retinanet's) (default: balanced for "
+                        "oid, shuffle for csv and coco)")
     p.add_argument("--seed", type=int, default=_default("seed"),
                    help="seed of the initial weights, the image draw and the augmentation (default: %(default)s)")
     p.add_argument("--gpu", help="accepted for compatibility: sets CUDA_VISIBLE_DEVICES")
@@ -256,12 +273,17 @@ def _backbone(text: str) -> str:
 
 def keras_retinanet_args(args: argparse.Namespace) -> argparse.Namespace:
     """keras-retinanet's forms mapped onto ours (each mapping logged), or refused with the reason."""
-    if args.dataset:
-        if len(args.dataset) != 2 or args.dataset[0] != "oid":
-            raise OIDInputError(f"unexpected arguments {' '.join(args.dataset)}: keras-retinanet's form is "
-                                "`oid DATASET_PATH`; the other datasets (pascal, coco, csv) are not read here")
-        log.info("keras-retinanet's `oid %s`: --dataset-path %s", args.dataset[1], args.dataset[1])
-        args.dataset_path = args.dataset[1]
+    from oid_retinanet.data.datasets import dataset_words
+
+    words = dataset_words(args.dataset)
+    if words:
+        args.dataset_format = words["format"]
+        args.dataset_path = words.get("dataset_path", args.dataset_path)
+        args.train_annotations = words.get("annotations", args.train_annotations)
+        args.csv_classes = words.get("classes", args.csv_classes)
+        log.info("keras-retinanet's `%s`: --dataset-format %s %s", " ".join(args.dataset), args.dataset_format,
+                 " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in
+                          ("dataset_path", "train_annotations", "csv_classes") if getattr(args, k) in words.values()))
         args.dataset = []
     if args.group_method is not None:
         group = "ratio" if args.group_method == "ratio" else "random"
@@ -280,6 +302,9 @@ def keras_retinanet_args(args: argparse.Namespace) -> argparse.Namespace:
             raise OIDInputError(reason)
     if args.fixed_labels:
         log.info("--fixed-labels: the classes are always those of --labels-filter, in its order")
+    if args.dataset_format == "csv" and not (args.train_annotations and args.csv_classes):
+        raise OIDInputError("--dataset-format csv needs --train-annotations and --csv-classes (or keras-retinanet's "
+                            "`csv ANNOTATIONS CLASSES`)")
     if args.select and args.split != "exists":
         raise OIDInputError("--select picks the -select file of the 2019 exists split: give --split exists too")
     if args.oid_version not in ("v4", "challenge2018", "challenge2019"):
@@ -345,14 +370,13 @@ def resume_settings(args: argparse.Namespace, given: set[str]) -> argparse.Names
     return args
 
 
-def _inputs(config: TrainConfig):
-    """The level's files (oid.levels.level_inputs), with --train-annotations / --validation-annotations applied."""
-    from oid_retinanet.oid.levels import level_inputs
+def _sources(config: TrainConfig):
+    """The run's train and validation data (data.datasets.Source, by subset)."""
+    from oid_retinanet.data.datasets import dataset_sources
 
-    inputs = level_inputs(config.output_path, config.dataset_path, config.level, config.split, config.select)
-    for subset, given in (("train", config.train_annotations), ("validation", config.validation_annotations)):
-        inputs.annotations[subset] = given or inputs.annotations[subset]
-    return inputs
+    return dataset_sources(config.dataset_format, config.dataset_path, config.output_path, config.level,
+                           config.split, config.select, config.train_annotations, config.validation_annotations,
+                           config.csv_classes)
 
 
 def _distribution(n: int):
@@ -420,6 +444,9 @@ def _create_model(config: TrainConfig, num_classes: int, anchors):
         if config.weights.endswith(".keras"):
             import keras
 
+            from oid_retinanet.model.backbones import register_layers
+
+            register_layers()
             source = keras.saving.load_model(config.weights, compile=False)
             _copy_matching_weights(source, model)
         else:
@@ -480,7 +507,7 @@ def _anchors(config: TrainConfig, snapshot: str | None):
     return card.anchors
 
 
-def _card(config: TrainConfig, model, classes, anchors, inputs: LevelInputs, images: int):
+def _card(config: TrainConfig, model, classes, anchors, source: Source, images: int):
     """The model card every snapshot of this run carries."""
     from oid_retinanet.model.card import ModelCard
     from oid_retinanet.model.resnet import CONV1_SAME, CONV1_ZERO_PADDING
@@ -489,9 +516,9 @@ def _card(config: TrainConfig, model, classes, anchors, inputs: LevelInputs, ima
     return ModelCard(backbone=config.backbone, num_classes=len(classes), conv1=conv1,
                      classes=tuple(zip(classes.mids, classes.names)), min_side=config.image_min_side,
                      max_side=config.image_max_side, anchors=anchors,
-                     training={"level": config.level, "annotations": inputs.annotations["train"],
-                               "class_file": inputs.classes, "images": images, "labels_filter": config.labels_filter,
-                               "seed": config.seed})
+                     training={"level": config.level, "format": source.format, "annotations": source.annotations,
+                               "class_file": source.class_source, "images": images,
+                               "labels_filter": config.labels_filter, "seed": config.seed})
 
 
 def _resume_model(path: str, config: TrainConfig, num_classes: int):
@@ -505,7 +532,9 @@ def _resume_model(path: str, config: TrainConfig, num_classes: int):
         import keras
 
         import oid_retinanet.train.losses  # noqa: F401  (registers the losses for deserialisation)
+        from oid_retinanet.model.backbones import register_layers
 
+        register_layers()
         model = keras.saving.load_model(path)
         classes = int(model.get_layer("classification").output.shape[-1])
         if classes != num_classes:
@@ -519,14 +548,16 @@ def _resume_model(path: str, config: TrainConfig, num_classes: int):
     return model, epoch
 
 
-def _write_config(config: TrainConfig, inputs: LevelInputs, num_classes: int, initial_epoch: int) -> None:
+def _write_config(config: TrainConfig, sources: dict[str, Source], num_classes: int, initial_epoch: int) -> None:
     import keras
 
     from oid_retinanet.files import atomic_write_text
 
     record = asdict(config)
-    record.update(num_classes=num_classes, initial_epoch=initial_epoch, class_file=inputs.classes,
-                  annotations=inputs.annotations, image_params=inputs.params, images=inputs.images,
+    record.update(num_classes=num_classes, initial_epoch=initial_epoch, class_file=sources["train"].class_source,
+                  annotations={s: v.annotations for s, v in sources.items()},
+                  image_params={s: v.params for s, v in sources.items()},
+                  images={s: v.images for s, v in sources.items()},
                   backend=keras.backend.backend(), keras=keras.__version__, python=platform.python_version(),
                   command=" ".join(sys.argv))
     os.makedirs(config.snapshot_path, exist_ok=True)
@@ -541,7 +572,7 @@ def _check_snapshot_classes(snapshot: str, classes) -> None:
     recorded_path = os.path.join(os.path.dirname(os.path.abspath(snapshot)), CLASSES_FILE)
     if not os.path.isfile(recorded_path):
         return
-    detail = class_list_difference(read_class_descriptions(recorded_path), classes)
+    detail = class_list_difference(read_class_descriptions(recorded_path, any_ids=True), classes)
     if detail is not None:
         raise OIDInputError(f"the snapshots here were trained on other classes than this run's ({detail}): resume "
                             "with the same level files and --labels-filter, or train into another --snapshot-path",
@@ -552,8 +583,7 @@ def train(config: TrainConfig):
     """Train as `config` says; returns the Keras History (None when the snapshot is already at --epochs)."""
     if config.gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu
-    inputs = _inputs(config)
-    inputs.check(("train", "validation") if config.evaluation else ("train",))
+    sources = _sources(config)
     snapshot = config.snapshot
     if config.resume:
         from oid_retinanet.train.callbacks import latest_snapshot
@@ -569,12 +599,20 @@ def train(config: TrainConfig):
     import keras
 
     from oid_retinanet.data.augment import RandomTransform
-    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator, load_level_data
+    from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator
     from oid_retinanet.oid.classes import CLASSES_FILE, write_class_descriptions
     from oid_retinanet.train import callbacks as cb
 
-    train_data = load_level_data(inputs.annotations["train"], inputs.classes, inputs.params["train"],
-                                 inputs.images["train"], config.labels_filter)
+    train_data = sources["train"].load(config.labels_filter)
+    val_data = None
+    if config.evaluation or config.compute_val_loss:
+        if "validation" in sources:
+            val_data = sources["validation"].load(config.labels_filter)
+            if val_data.classes.mids != train_data.classes.mids:
+                raise OIDInputError(f"the validation data's classes are not the training data's: "
+                                    f"{val_data.classes.source} vs {train_data.classes.source}")
+        else:
+            log.info("no validation annotations: no per-epoch mAP or validation loss (--validation-annotations)")
     anchors = _anchors(config, snapshot)
     from oid_retinanet.model.backbones import feature_shapes_fn
 
@@ -582,6 +620,7 @@ def train(config: TrainConfig):
                   feature_shapes=feature_shapes_fn(config.backbone), anchor_params=anchors)
     train_gen = OpenImagesGenerator(train_data, GeneratorConfig(
         **common, steps=config.steps, seed=config.seed, group=config.group,
+        sampling=config.sampling or ("balanced" if config.dataset_format == "oid" else "shuffle"),
         transform=RandomTransform.ORIGINAL_FULL if config.random_transform else RandomTransform.FLIP_X,
         intensity=INTENSITY_CHANGE if config.intensity_change else None), workers=config.workers,
         max_queue_size=config.max_queue_size)
@@ -604,11 +643,9 @@ def train(config: TrainConfig):
     train_gen.start_epoch(initial_epoch)
 
     callbacks, val_gen = [], None
-    if config.evaluation or config.compute_val_loss:
-        val_data = load_level_data(inputs.annotations["validation"], inputs.classes, inputs.params["validation"],
-                                   inputs.images["validation"], config.labels_filter)
+    if val_data is not None:
         val_gen = OpenImagesGenerator(val_data, GeneratorConfig(**common, sampling="sequential"))
-    if config.evaluation:
+    if config.evaluation and val_gen is not None:
         options = {"weighted_average": True} if config.weighted_average and config.eval_metric == "voc" else {}
         callbacks.append(cb.evaluation_callback(val_gen, config.eval_metric, os.path.join(
             config.snapshot_path, f"mAP_stat_{config.backbone}.txt"), **options))
@@ -621,17 +658,18 @@ def train(config: TrainConfig):
     os.makedirs(config.snapshot_path, exist_ok=True)
     callbacks.append(cb.TrainingLog(os.path.join(config.snapshot_path, "training_log.csv"), append=True))
     if config.snapshots:
-        card = _card(config, model, train_data.classes, anchors, inputs, len(train_data))
+        card = _card(config, model, train_data.classes, anchors, sources["train"], len(train_data))
         callbacks.append(cb.Snapshot(config.snapshot_path, config.backbone, config.level, keep=config.keep_snapshots,
                                      every=config.snapshot_every, card=card))
-    _write_config(config, inputs, train_data.num_classes, initial_epoch)
+    _write_config(config, sources, train_data.num_classes, initial_epoch)
     write_class_descriptions(os.path.join(config.snapshot_path, CLASSES_FILE),
                              zip(train_data.classes.mids, train_data.classes.names))
-    log.info("training %s on level %s: %d images, %d classes, %d epochs x %d steps of %d, sides %d/%d",
-             config.backbone, config.level, len(train_data), train_data.num_classes, config.epochs, config.steps,
+    log.info("training %s on %s: %d images, %d classes, %d epochs x %d steps of %d, sides %d/%d",
+             config.backbone, f"level {config.level}" if config.dataset_format == "oid" else
+             sources["train"].annotations, len(train_data), train_data.num_classes, config.epochs, config.steps,
              config.batch_size, config.image_min_side, config.image_max_side)
     return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                     validation_data=val_gen if config.compute_val_loss else None,
+                     validation_data=val_gen if config.compute_val_loss and val_gen is not None else None,
                      verbose=1 if sys.stderr.isatty() else 2)
 
 
