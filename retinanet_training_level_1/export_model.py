@@ -1,14 +1,16 @@
-"""Export a trained model for deployment (TF Serving): MODEL_IN (ours or a keras-retinanet .h5, training or
-converted) to OUTPUT, a SavedModel folder.
+"""Export a trained model for deployment: MODEL_IN (ours or a keras-retinanet .h5, training or converted) to
+OUTPUT, a SavedModel folder (TF Serving) or, with --format onnx, an ONNX file (onnxruntime and the like; needs
+`pip install -r requirements-export.txt`).
 
 The exported graph is the inference model (a training model is converted with its card's anchors and filter);
 it takes prepared images, float32 (B, H, W, 3): BGR with the ImageNet means subtracted (caffe mode) and resized
 as the card says (short side min_side, long side at most max_side), and returns boxes in input pixels, scores
-and labels. The card is written into the folder (oid_retinanet_card.json): the classes, sides, anchors and filter.
-TFLite and ONNX are not offered yet: the filter's NMS needs TensorFlow's own ops (a TFLite model would need the
-Flex delegate). Example:
+and labels. The card goes with it: the classes, sides, anchors and filter (a SavedModel's folder holds
+oid_retinanet_card.json; an ONNX file's metadata the key oid_retinanet_card). TFLite is not offered: the filter's
+NMS has no TFLite builtin op (a converted model would need the Flex delegate). Examples:
 
     python retinanet_training_level_1/export_model.py models/resnet50_level_1_inference.keras exported/resnet50
+    python retinanet_training_level_1/export_model.py --format onnx models/resnet50_level_1_inference.keras r50.onnx
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_in", help="the model: ours (.keras) or keras-retinanet's .h5")
-    p.add_argument("output", help="the folder to write (must not exist)")
+    p.add_argument("output", help="the folder (savedmodel) or file (onnx) to write (must not exist)")
     p.add_argument("--format", choices=FORMATS, default="savedmodel", help="(default: %(default)s)")
     p.add_argument("--labels", metavar="FILE", help="the model's classes, for the card (default: its card)")
     p.add_argument("--min-side", type=positive_int, help="the sides to record (default: the card's)")
@@ -48,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(args.output):
         raise OIDInputError("exists: remove it or choose another output", args.output)
     from oid_retinanet.model.anchors import read_anchor_config
-    from oid_retinanet.model.export import export_model
+    from oid_retinanet.model.export import export_model, require_exporter
     from oid_retinanet.predict.resolve import resolve_model
+
+    require_exporter(args.format)
 
     resolved = resolve_model(args.model_in, labels=args.labels, min_side=args.min_side, max_side=args.max_side,
                              anchors=read_anchor_config(args.config) if args.config else None, config=args.config,

@@ -42,3 +42,53 @@ def test_savedmodel_gives_the_keras_detections_and_carries_the_card(tmp_path, ca
     assert (expected[2] >= 0).sum() > 0  # prior 0.5: there are detections to compare
     assert script.main([str(tmp_path / "m.keras"), str(out)]) == 2  # never over an earlier export
     assert "exists" in capsys.readouterr().err
+
+
+def test_onnx_gives_the_keras_detections_and_carries_the_card(tmp_path):
+    """The ONNX file through onnxruntime against the Keras model (Winograd convolutions in Keras at this size,
+    direct ones in the export: equal within float32 rounding)."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("ONNX export goes through tf2onnx: TensorFlow backend")
+    for package in ("tf2onnx", "onnx", "onnxruntime"):
+        pytest.importorskip(package, reason=f"{package} is not installed (requirements-export.txt)")
+    import onnxruntime
+
+    from oid_retinanet.data.preprocess import prepare_image
+    from oid_retinanet.model.card import ModelCard, save_model
+    from oid_retinanet.model.export import ONNX_CARD_KEY
+    from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
+    from oid_retinanet.model.winograd import MIN_PIXELS, WinogradConv2D
+    from retinanet_training_level_1 import export_model as script
+
+    keras.utils.set_random_seed(5)
+    model = retinanet_bbox(retinanet(3, backbone="mobilenet128_0.25", prior_probability=0.5, winograd=4),
+                           max_detections=20)
+    assert any(isinstance(layer, WinogradConv2D) for layer in model.get_layer("classification_submodel").layers)
+    card = ModelCard("mobilenet128_0.25", 3, classes=[("/m/014j1m", "Apple"), ("/m/0cyhj_", "Orange"),
+                                                     ("/m/09k_b", "Lemon")], min_side=192, max_side=256)
+    save_model(model, tmp_path / "m.keras", card)
+    out = tmp_path / "m.onnx"
+    assert script.main(["--format", "onnx", str(tmp_path / "m.keras"), str(out)]) == 0
+    session = onnxruntime.InferenceSession(str(out))
+    written = json.loads(session.get_modelmeta().custom_metadata_map[ONNX_CARD_KEY])
+    assert written["classes"] == [list(c) for c in card.classes] and written["filter"]["max_detections"] == 20
+    image = np.random.default_rng(0).integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+    x, _ = prepare_image(image, min_side=written["min_side"], max_side=written["max_side"])
+    assert (x.shape[0] // 8) * (x.shape[1] // 8) >= MIN_PIXELS  # P3's convs run Winograd in Keras
+    expected = [np.asarray(v) for v in model.predict_on_batch(x[None])]
+    got = session.run(None, {session.get_inputs()[0].name: x[None]})
+    assert (expected[2] >= 0).sum() > 0
+    np.testing.assert_array_equal(got[2], expected[2])
+    np.testing.assert_allclose(got[1], expected[1], atol=1e-4)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-2)
+
+
+def test_a_missing_exporter_is_one_line_naming_the_package(tmp_path, capsys, monkeypatch):
+    from oid_retinanet.model import export
+    from retinanet_training_level_1 import export_model as script
+
+    monkeypatch.setitem(export.EXPORT_PACKAGES, "onnx", ("tf2onnx", "no_such_package_here"))
+    assert script.main(["--format", "onnx", str(tmp_path / "m.keras"), str(tmp_path / "m.onnx")]) == 2
+    assert "no_such_package_here: pip install -r requirements-export.txt" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

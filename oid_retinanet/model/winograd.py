@@ -31,6 +31,9 @@ are no longer the bottleneck there.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import numpy as np
 from keras import ops
@@ -183,9 +186,11 @@ class WinogradConv2D(keras.layers.Conv2D):
                              f"strides={self.strides}, dilation_rate={self.dilation_rate}, groups={self.groups}, "
                              f"data_format={self.data_format}, padding={self.padding}")
 
+    direct_only = False  # set by `direct_convolutions`
+
     def call(self, inputs, training=None):
         direct = super().call
-        if training or self.compute_dtype != "float32":
+        if training or self.compute_dtype != "float32" or self.direct_only:
             return direct(inputs)
         height, width = inputs.shape[1:3]
         if height is not None and width is not None:  # eager, JAX and torch, a graph traced for this size
@@ -201,3 +206,23 @@ class WinogradConv2D(keras.layers.Conv2D):
 
     def get_config(self):
         return {**super().get_config(), "tile": self.tile, "min_pixels": self.min_pixels}
+
+
+@contextlib.contextmanager
+def direct_convolutions(model: keras.Model) -> Iterator[int]:
+    """Inside, every WinogradConv2D of `model` (nested models included) computes the direct convolution: for an
+    exporter that cannot convert the size test (`ops.cond`, e.g. tf2onnx). Yields how many layers it switched."""
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, WinogradConv2D)]
+    for layer in layers:
+        layer.direct_only = True
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.direct_only = False
+
+
+def _all_layers(layer) -> Iterator:
+    yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from _all_layers(inner)
