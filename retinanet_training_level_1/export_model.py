@@ -1,16 +1,18 @@
 """Export a trained model for deployment: MODEL_IN (ours or a keras-retinanet .h5, training or converted) to
-OUTPUT, a SavedModel folder (TF Serving) or, with --format onnx, an ONNX file (onnxruntime and the like; needs
-`pip install -r requirements-export.txt`).
+OUTPUT, a SavedModel folder (TF Serving), an ONNX file (--format onnx: onnxruntime and the like; needs `pip install
+-r requirements-export.txt`) or a TFLite file of builtin ops (--format tflite, OUTPUT ending in .tflite: TFLite /
+LiteRT interpreters, no Flex delegate needed).
 
 The exported graph is the inference model (a training model is converted with its card's anchors and filter);
 it takes prepared images, float32 (B, H, W, 3): BGR with the ImageNet means subtracted (caffe mode) and resized
 as the card says (short side min_side, long side at most max_side), and returns boxes in input pixels, scores
 and labels. The card goes with it: the classes, sides, anchors and filter (a SavedModel's folder holds
-oid_retinanet_card.json; an ONNX file's metadata the key oid_retinanet_card). TFLite is not offered: the filter's
-NMS has no TFLite builtin op (a converted model would need the Flex delegate). Examples:
+oid_retinanet_card.json, an ONNX file's metadata the key oid_retinanet_card, a TFLite file has
+OUTPUT.card.json beside it). Examples:
 
     python retinanet_training_level_1/export_model.py models/resnet50_level_1_inference.keras exported/resnet50
     python retinanet_training_level_1/export_model.py --format onnx models/resnet50_level_1_inference.keras r50.onnx
+    python retinanet_training_level_1/export_model.py --format tflite models/mobilenet.keras mobilenet.tflite
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_in", help="the model: ours (.keras) or keras-retinanet's .h5")
-    p.add_argument("output", help="the folder (savedmodel) or file (onnx) to write (must not exist)")
+    p.add_argument("output", help="the folder (savedmodel) or file (onnx, tflite) to write (must not exist)")
     p.add_argument("--format", choices=FORMATS, default="savedmodel", help="(default: %(default)s)")
     p.add_argument("--labels", metavar="FILE", help="the model's classes, for the card (default: its card)")
     p.add_argument("--min-side", type=positive_int, help="the sides to record (default: the card's)")

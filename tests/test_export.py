@@ -44,19 +44,44 @@ def test_savedmodel_gives_the_keras_detections_and_carries_the_card(tmp_path, ca
     assert "exists" in capsys.readouterr().err
 
 
-def test_onnx_gives_the_keras_detections_and_carries_the_card(tmp_path):
-    """The ONNX file through onnxruntime against the Keras model (Winograd convolutions in Keras at this size,
-    direct ones in the export: equal within float32 rounding)."""
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("ONNX export goes through tf2onnx: TensorFlow backend")
-    for package in ("tf2onnx", "onnx", "onnxruntime"):
-        pytest.importorskip(package, reason=f"{package} is not installed (requirements-export.txt)")
+def run_onnx(path, x):
+    """(detections, card text) of an ONNX file through onnxruntime."""
     import onnxruntime
 
+    from oid_retinanet.model.export import ONNX_CARD_KEY
+
+    session = onnxruntime.InferenceSession(str(path))
+    card = session.get_modelmeta().custom_metadata_map[ONNX_CARD_KEY]
+    return session.run(None, {session.get_inputs()[0].name: x}), card
+
+
+def run_tflite(path, x):
+    """(detections in the Keras model's output order, card text) of a TFLite file through TensorFlow's
+    interpreter, with only the builtin ops (no Flex delegate, no XNNPACK)."""
+    import tensorflow as tf
+
+    from oid_retinanet.model.card import sidecar_path
+
+    interpreter = tf.lite.Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    runner = interpreter.get_signature_runner()
+    outputs = runner(**{next(iter(runner.get_input_details())): x})
+    return [outputs[f"output_{k}"] for k in range(3)], sidecar_path(path).read_text()
+
+
+@pytest.mark.parametrize("fmt,packages,run", [("onnx", ("tf2onnx", "onnx", "onnxruntime"), run_onnx),
+                                              ("tflite", (), run_tflite)])
+def test_file_exports_give_the_keras_detections_and_carry_the_card(tmp_path, fmt, packages, run):
+    """The ONNX and TFLite files against the Keras model (Winograd convolutions in Keras at this size, direct ones
+    in the export: equal within float32 rounding), on a batch of two images."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the ONNX and TFLite exports go through TensorFlow: TensorFlow backend")
+    for package in packages:
+        pytest.importorskip(package, reason=f"{package} is not installed (requirements-export.txt)")
     from oid_retinanet.data.preprocess import prepare_image
     from oid_retinanet.model.card import ModelCard, save_model
-    from oid_retinanet.model.export import ONNX_CARD_KEY
     from oid_retinanet.model.retinanet import retinanet, retinanet_bbox
     from oid_retinanet.model.winograd import MIN_PIXELS, WinogradConv2D
     from retinanet_training_level_1 import export_model as script
@@ -68,16 +93,16 @@ def test_onnx_gives_the_keras_detections_and_carries_the_card(tmp_path):
     card = ModelCard("mobilenet128_0.25", 3, classes=[("/m/014j1m", "Apple"), ("/m/0cyhj_", "Orange"),
                                                      ("/m/09k_b", "Lemon")], min_side=192, max_side=256)
     save_model(model, tmp_path / "m.keras", card)
-    out = tmp_path / "m.onnx"
-    assert script.main(["--format", "onnx", str(tmp_path / "m.keras"), str(out)]) == 0
-    session = onnxruntime.InferenceSession(str(out))
-    written = json.loads(session.get_modelmeta().custom_metadata_map[ONNX_CARD_KEY])
+    out = tmp_path / f"m.{fmt}"
+    assert script.main(["--format", fmt, str(tmp_path / "m.keras"), str(out)]) == 0
+    rng = np.random.default_rng(0)
+    x = np.stack([prepare_image(rng.integers(0, 255, size=(480, 640, 3), dtype=np.uint8), min_side=192,
+                                max_side=256)[0] for _ in range(2)])
+    assert (x.shape[1] // 8) * (x.shape[2] // 8) >= MIN_PIXELS  # P3's convs run Winograd in Keras
+    expected = [np.asarray(v) for v in model.predict_on_batch(x)]
+    got, card_text = run(out, x)
+    written = json.loads(card_text)
     assert written["classes"] == [list(c) for c in card.classes] and written["filter"]["max_detections"] == 20
-    image = np.random.default_rng(0).integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
-    x, _ = prepare_image(image, min_side=written["min_side"], max_side=written["max_side"])
-    assert (x.shape[0] // 8) * (x.shape[1] // 8) >= MIN_PIXELS  # P3's convs run Winograd in Keras
-    expected = [np.asarray(v) for v in model.predict_on_batch(x[None])]
-    got = session.run(None, {session.get_inputs()[0].name: x[None]})
     assert (expected[2] >= 0).sum() > 0
     np.testing.assert_array_equal(got[2], expected[2])
     np.testing.assert_allclose(got[1], expected[1], atol=1e-4)

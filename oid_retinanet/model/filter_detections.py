@@ -189,6 +189,16 @@ def _filter_detections_static(boxes, classification, class_specific_filter: bool
     return out_boxes, out_scores, ops.cast(ops.where(valid, labels, -1), "int32")
 
 
+def _flat_nonzero(mask):
+    """The indices where the 1-D `mask` is true, int32, in order. On TensorFlow without `ops.nonzero`'s unstacking
+    of the int64 index column, which TFLite has no builtin for (so the filter converts to TFLite builtins)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.cast(tf.reshape(tf.where(mask), [-1]), "int32")
+    return ops.cast(ops.nonzero(mask)[0], "int32")
+
+
 def filter_detections(boxes, classification, class_specific_filter: bool = CLASS_SPECIFIC_FILTER, nms: bool = NMS,
                       score_threshold: float = SCORE_THRESHOLD, max_detections: int = MAX_DETECTIONS,
                       nms_threshold: float = NMS_THRESHOLD):
@@ -202,14 +212,14 @@ def filter_detections(boxes, classification, class_specific_filter: bool = CLASS
                                          max_detections, nms_threshold)
     num_anchors = ops.shape(classification)[0]
     if class_specific_filter:
-        anchor_idx, labels = ops.nonzero(classification > score_threshold)
         num_classes = ops.shape(classification)[1]
-        flat = anchor_idx * num_classes + labels
+        flat = _flat_nonzero(ops.reshape(classification, (-1,)) > score_threshold)  # anchor * K + class
+        anchor_idx, labels = flat // num_classes, flat % num_classes
         scores = ops.take(ops.reshape(classification, (-1,)), flat)
     else:
         best = ops.max(classification, axis=1)
         best_label = ops.cast(ops.argmax(classification, axis=1), "int32")
-        (anchor_idx,) = ops.nonzero(best > score_threshold)
+        anchor_idx = _flat_nonzero(best > score_threshold)
         scores = ops.take(best, anchor_idx)
         labels = ops.take(best_label, anchor_idx)
     anchor_idx = ops.cast(anchor_idx, "int32")
