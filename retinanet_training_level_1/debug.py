@@ -4,9 +4,9 @@ For a level's images (--level, --split, --subset), or a dataset of your own (ker
 ANNOTATIONS CLASSES` and `coco COCO_PATH`, or --dataset-format with --annotations), each image as the generator
 prepares it (resized to --image-min-side/--image-max-side, with --random-transform the training augmentation), its
 boxes green where some anchor is positive for them (IoU >= 0.5) and red where none is, and the positive anchors
-yellow (--no-anchors hides them); PNG files in --save-path. Always prints, by box size, how many boxes no anchor
-learns: the number anchor settings (--config, keras-retinanet's config.ini) are tuned with. There is no interactive
-window: open the PNGs. Example:
+yellow (--no-anchors hides them); PNG files in --save-path, and in a window where a display exists (matplotlib's;
+any key shows the next image, q stops; --no-window to skip it). Always prints, by box size, how many boxes no anchor
+learns: the number anchor settings (--config, keras-retinanet's config.ini) are tuned with. Example:
 
     python retinanet_training_level_1/debug.py --level 1 --limit 200 --save-path debug/ --config anchors.ini
     python retinanet_training_level_1/debug.py --save-path debug/ csv train.csv classes.csv
@@ -20,10 +20,13 @@ except ImportError:
     import _bootstrap  # noqa: F401
 
 import argparse
+import logging
 
 import a00_utils_and_constants as C
 from oid_retinanet.cli import positive_int, script_main, setup_logging
 from oid_retinanet.errors import OIDInputError
+
+log = logging.getLogger("debug")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--random-transform", action="store_true", help="apply the training augmentation first")
     p.add_argument("--no-anchors", dest="anchors", action="store_false", help="do not draw the positive anchors")
     p.add_argument("--limit", type=positive_int, help="the first N images only (default: all)")
-    p.add_argument("--save-path", metavar="DIR", help="draw the images into DIR (default: only the coverage table)")
+    p.add_argument("--save-path", metavar="DIR", help="draw the images into DIR as PNG files")
+    p.add_argument("--no-window", dest="window", action="store_false",
+                   help="no window even where a display exists (default: one where it does)")
     p.add_argument("--seed", type=int, default=0, help="of the random transform (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     from oid_retinanet.data.augment import RandomTransform
     from oid_retinanet.data.datasets import dataset_sources, dataset_words
-    from oid_retinanet.data.debug import debug_images
+    from oid_retinanet.data.debug import debug_images, show_in_window, window_available
     from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator
     from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, read_anchor_config
     from oid_retinanet.model.backbones import family, feature_shapes_fn
@@ -88,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         feature_shapes=feature_shapes_fn(args.backbone), transform=RandomTransform.ORIGINAL_FULL,
         sampling="sequential"))
     indices = range(min(len(data), args.limit or len(data)))
-    coverage = debug_images(generator, indices, args.save_path, args.random_transform, args.anchors, args.seed)
+    show = show_in_window if args.window and window_available() else None
+    if show is None and args.save_path is None:
+        log.info("no display for a window: give --save-path DIR for the drawings")
+    coverage = debug_images(generator, indices, args.save_path, args.random_transform, args.anchors, args.seed, show)
     print(f"{len(indices)} images of {source.annotations} at {args.image_min_side}/"
           f"{args.image_max_side}, anchors {anchors.describe()}:\n{coverage.table()}")
     return 0

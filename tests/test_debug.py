@@ -53,3 +53,26 @@ def test_debug_script_draws_and_counts(tiny, tmp_path, capsys):
                       "ratios = 1\nscales = 1\n")
     assert debug.main([*base, "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].split() == ["all", str(boxes), str(boxes), "100.0%"]
+
+
+def test_debug_script_shows_the_drawings_in_a_window_where_there_is_one(tiny, monkeypatch, capsys):
+    from oid_retinanet.data import debug as drawing
+    from retinanet_training_level_1 import debug
+
+    shown = []
+
+    def window(image_id, picture):  # stands for matplotlib's window: q after the second image
+        shown.append((image_id, picture.shape, picture.dtype))
+        return len(shown) < 2
+
+    monkeypatch.setattr(drawing, "show_in_window", window)
+    base = ["--dataset-path", str(tiny.dataset), "--output-path", str(tiny.output), "--image-min-side", "64",
+            "--image-max-side", "80", "--limit", "4"]
+    monkeypatch.setattr(drawing, "window_available", lambda: True)
+    assert debug.main(base) == 0
+    # the generator's pictures: 160 x 120 images at 64/80 (the long side bounds: 80 x 60)
+    assert [(shape, dtype) for _, shape, dtype in shown] == [((60, 80, 3), np.uint8)] * 2
+    assert capsys.readouterr().out.splitlines()[-1].split()[0] == "all"  # the table covers all 4 images still
+    assert debug.main([*base, "--no-window"]) == 0 and len(shown) == 2
+    monkeypatch.setattr(drawing, "window_available", lambda: False)
+    assert debug.main(base) == 0 and len(shown) == 2

@@ -6,6 +6,7 @@ size (the number anchor settings are tuned with)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,23 +59,60 @@ def draw(x: np.ndarray, boxes: np.ndarray, matched: np.ndarray, anchors: np.ndar
 
 
 def debug_images(generator: OpenImagesGenerator, indices, save_path: str | os.PathLike | None = None,
-                 random_transform: bool = False, show_anchors: bool = True, seed: int = 0) -> Coverage:
-    """Coverage over the images `indices` of the generator's data; with save_path, one PNG per image there."""
+                 random_transform: bool = False, show_anchors: bool = True, seed: int = 0,
+                 show: Callable[[str, np.ndarray], bool] | None = None) -> Coverage:
+    """Coverage over the images `indices` of the generator's data; with save_path, one PNG per image there; with
+    `show(image_id, picture)`, each picture handed to it until it returns False (`show_in_window`)."""
     import cv2
 
     cfg, coverage = generator.config, Coverage()
     rng = np.random.default_rng(seed) if random_transform else None
+    showing = show is not None
     for i in indices:
         x, boxes, _ = generator.load_entry(int(i), rng)
         anchors = anchors_for_shape(x.shape, cfg.anchor_params, cfg.feature_shapes)
         matched = matched_boxes(anchors, boxes)
         coverage.add(boxes, matched)
+        if save_path is None and not showing:
+            continue
+        positive = None
+        if show_anchors and len(boxes):
+            positive = anchors[best_overlaps(anchors, boxes)[1] >= POSITIVE_OVERLAP]
+        picture = draw(x, boxes, matched, positive)
+        image_id = str(generator.data.image_ids[int(i)])
         if save_path is not None:
-            positive = None
-            if show_anchors and len(boxes):
-                positive = anchors[best_overlaps(anchors, boxes)[1] >= POSITIVE_OVERLAP]
-            out = Path(save_path) / f"{generator.data.image_ids[int(i)]}.png"
+            out = Path(save_path) / f"{image_id}.png"
             with atomic_path(out, suffix=".png") as tmp:
-                if not cv2.imwrite(str(tmp), draw(x, boxes, matched, positive)):
+                if not cv2.imwrite(str(tmp), picture):
                     raise OSError(f"cv2 could not write {out}")
+        if showing:
+            showing = show(image_id, picture)
     return coverage
+
+
+def window_available() -> bool:
+    """Whether matplotlib can open a window here (an interactive backend and a display)."""
+    import matplotlib
+    import matplotlib.pyplot  # noqa: F401  (resolves the backend: a non-interactive one where there is no display)
+    from matplotlib.backends import BackendFilter, backend_registry
+
+    return matplotlib.get_backend().lower() in backend_registry.list_builtin(BackendFilter.INTERACTIVE)
+
+
+def show_in_window(image_id: str, picture: np.ndarray) -> bool:
+    """Show a BGR picture in a matplotlib window until it is closed or a key is pressed; False after 'q'."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(image_id)
+    plt.imshow(picture[:, :, ::-1])
+    plt.axis("off")
+    plt.title(f"{image_id}: any key for the next image, q to stop")
+    keys: list[str] = []
+
+    def on_key(event) -> None:
+        keys.append(event.key)
+        plt.close(fig)
+
+    fig.canvas.mpl_connect("key_press_event", on_key)
+    plt.show()
+    return "q" not in keys
