@@ -358,5 +358,10 @@ def test_train_and_evaluate_a_csv_and_a_coco_dataset(tiny, oid, tmp_path):
     done = run("retinanet_training_level_1/train_oid_level_1_resnet50.py", *common, "--epochs", "1",
                "--snapshot-path", str(tmp_path / "coco_snapshots"), "coco", str(coco))
     assert done.returncode == 0, done.stderr[-3000:]
-    card = read_card(str(tmp_path / "coco_snapshots" / "mobilenet128_0.25_oid_level_1_01.keras"))
-    assert card.classes == tuple((str(10 * (k + 1)), n) for k, n in enumerate(oid.classes.names))
+    snapshot = tmp_path / "coco_snapshots" / "mobilenet128_0.25_oid_level_1_01.keras"
+    assert read_card(str(snapshot)).classes == tuple((str(10 * (k + 1)), n) for k, n in enumerate(oid.classes.names))
+    done = run("retinanet_training_level_1/evaluate_retinanet_model.py", "--metric", "voc", "--output-path",
+               str(tmp_path), "--output-dir", str(tmp_path / "coco_eval"), "coco", str(coco), str(snapshot))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "coco_eval" / "map.json").read_text())
+    assert report["format"] == "coco" and report["annotations"].endswith("instances_val2017.json")
