@@ -180,13 +180,14 @@ def _check_unique_ids(paths: Sequence[Path]) -> None:
 
 def predict_images(model, paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike, min_side: int,
                    max_side: int, flip: bool = True, batch_size: int = 1, workers: int = 2,
-                   progress: bool | None = None) -> InferenceReport:
+                   progress: bool | None = None, failures_file: bool = True) -> InferenceReport:
     """Predict every image of `paths` without a cache file in `cache_dir` and write its cache file.
 
     model: an inference model (`predict_on_batch` -> boxes (B, N, 4) in input pixels, scores, labels).
     flip: also predict the mirrored image (cache row 1). batch_size: images per model call (only images of the
     same resized shape share a call). workers: threads reading and preprocessing ahead of the model.
-    progress: tqdm bar (None: only on a terminal). Unreadable images go to `<cache_dir>/failures.txt`.
+    progress: tqdm bar (None: only on a terminal). Unreadable images go to `<cache_dir>/failures.txt` (unless
+    failures_file is False: a part of a run whose driver writes it, `predict.ray_inference`).
     """
     if batch_size < 1 or workers < 1:
         raise ValueError(f"batch_size and workers must be positive, got {batch_size}, {workers}")
@@ -243,10 +244,16 @@ def predict_images(model, paths: Sequence[str | os.PathLike], cache_dir: str | o
                 batch = []
     finally:
         bar.close()
-        text = "".join(f"{p}\t{' '.join(reason.split())}\n" for p, reason in report.failures)
-        atomic_write_text(cache_dir / FAILURES_FILE, text)
+        if failures_file:
+            write_failures(cache_dir, report.failures)
     log.info("%s", report.line())
     return report
+
+
+def write_failures(cache_dir: str | os.PathLike, failures: Sequence[tuple[str, str]]) -> None:
+    """`<cache_dir>/failures.txt`: one `path<TAB>reason` line per unreadable image (empty when none was)."""
+    text = "".join(f"{p}\t{' '.join(reason.split())}\n" for p, reason in failures)
+    atomic_write_text(Path(cache_dir) / FAILURES_FILE, text)
 
 
 def _draw(image: np.ndarray, boxes: np.ndarray, captions: Sequence[str]) -> np.ndarray:

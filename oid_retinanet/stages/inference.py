@@ -73,6 +73,20 @@ def build_parser(description: str, variant: str = "2018") -> argparse.ArgumentPa
                    help="empty --cache-dir first; without it a folder written with other settings (weights, sides, "
                         "flip, filter, class list) stops the run")
     p.add_argument("--shard", type=_shard, metavar="I/N", help="predict shard I of N of the sorted images, no CSV")
+    ray = p.add_argument_group("on a Ray cluster", "the images spread over model replicas in Ray actors; the cache "
+                               "folder must be on a filesystem every worker sees (needs: pip install -r "
+                               "requirements-cluster.txt)")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="predict on Ray: a local cluster started for this run (no ADDRESS), `auto` (the cluster "
+                          "this machine belongs to) or ray://HOST:PORT")
+    ray.add_argument("--ray-workers", type=positive_int, metavar="N",
+                     help="model replicas (default: as many as the cluster's CPUs, or GPUs, allow)")
+    ray.add_argument("--ray-cpus-per-worker", type=_positive_number, default=1, metavar="C",
+                     help="CPUs each replica holds, and its TensorFlow threads (default: %(default)s)")
+    ray.add_argument("--ray-gpus-per-worker", type=_positive_number, default=0, metavar="G",
+                     help="GPUs each replica holds (default: %(default)s)")
+    ray.add_argument("--ray-chunk", type=positive_int, default=32, metavar="K",
+                     help="images per task: what a lost worker costs at most (default: %(default)s)")
     p.add_argument("--skip-box-thr", type=fraction, default=d["skip_box_thr"],
                    help="drop boxes scoring below this before merging (default: %(default)s)")
     p.add_argument("--iou-thr", type=fraction, default=d["iou_thr"],
@@ -99,7 +113,18 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         parser.error("--weights and --images are needed (or --from-cache)")
     if args.from_cache and args.shard:
         parser.error("--shard predicts; --from-cache does not")
+    if args.ray and args.from_cache:
+        parser.error("--from-cache runs no model: leave --ray out")
+    if args.ray and args.shard:
+        parser.error("--ray spreads the images over the cluster itself: give --ray or --shard, not both")
     return args
+
+
+def _positive_number(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
 
 
 def _cached_labels(args: argparse.Namespace, cache_dir: str):
@@ -115,12 +140,17 @@ def _cached_labels(args: argparse.Namespace, cache_dir: str):
 
 
 def predict_to_cache(resolved, paths, cache_dir: str, flip: bool, batch_size: int = 1, workers: int = 2,
-                     overwrite: bool = False):
+                     overwrite: bool = False, ray: dict | None = None):
     """Predict `paths` with the resolved model into `cache_dir`, first recording there the settings (weights,
-    sides, flip, filter) and the class list a resumed or shared folder must keep; returns the InferenceReport."""
+    sides, flip, filter) and the class list a resumed or shared folder must keep; returns the InferenceReport.
+    ray: predict on a Ray cluster instead (`predict.ray_inference.predict_on_ray`'s options)."""
     from oid_retinanet.predict.cache import file_sha256, record_classes, record_settings
     from oid_retinanet.predict.inference import filter_settings, predict_images
 
+    if ray is not None:
+        from oid_retinanet.predict.ray_inference import require_ray
+
+        require_ray()
     min_side, max_side = resolved.sides
     model = resolved.load()
     record_settings(cache_dir, {"weights_sha256": file_sha256(resolved.path),
@@ -128,6 +158,11 @@ def predict_to_cache(resolved, paths, cache_dir: str, flip: bool, batch_size: in
                                 "max_side": max_side, "flip": flip, "filter": filter_settings(model)},
                     overwrite=overwrite)
     record_classes(cache_dir, resolved.labels)
+    if ray is not None:
+        from oid_retinanet.predict.ray_inference import predict_on_ray
+
+        del model  # the workers hold their own replicas
+        return predict_on_ray(resolved, paths, cache_dir, flip, batch_size, **ray)
     return predict_images(model, paths, cache_dir, min_side, max_side, flip=flip, batch_size=batch_size,
                           workers=workers)
 
@@ -177,8 +212,13 @@ def run(args: argparse.Namespace, constants) -> int:
         if args.shard:
             paths = shard(paths, *args.shard)
             log.info("shard %d/%d: %d images", *args.shard, len(paths))
+        ray = None
+        if args.ray:
+            ray = {"address": None if args.ray == "local" else args.ray, "workers": args.ray_workers,
+                   "cpus_per_worker": args.ray_cpus_per_worker, "gpus_per_worker": args.ray_gpus_per_worker,
+                   "chunk": args.ray_chunk}
         report = predict_to_cache(resolved, paths, cache_dir, args.flip, args.batch_size, args.workers,
-                                  args.overwrite_cache)
+                                  args.overwrite_cache, ray)
         if report.failures:
             print(f"{len(report.failures)} unreadable images, listed in {Path(cache_dir) / 'failures.txt'}",
                   file=sys.stderr)
