@@ -142,6 +142,14 @@ def _inference(r: dict) -> list[str]:
             f"{100 * r['outside_model_share']:.1f}% of the time outside the model call |"]
 
 
+def _ray(r: dict) -> list[str]:
+    h, w = r["input"]
+    return [f"| Stage 4 on a local Ray cluster ({r['ray_workers']} workers x 1 core; ResNet50, {r['classes']} classes, "
+            f"{h}x{w}, flip TTA, {r['images']} images, from a cold start) | {r['ray_wall_s']:.1f} s | plain run on "
+            f"{r['cores']} cores: {r['plain_wall_s']:.1f} s | overhead {100 * r['overhead']:+.1f}%; same cache bytes: "
+            f"{'yes' if r['same_cache_bytes'] else 'NO'} |"]
+
+
 def _serve(r: dict) -> list[str]:
     lat, mem, base = r["latency_ms"], r["server_rss_mb"], r["baseline_in_process"]
     h, w = r["image_size"]
@@ -233,7 +241,7 @@ def _gpu(r: dict) -> list[str]:
 
 ROWS = {"bench_levels": _levels, "bench_image_params": _image_params, "bench_expand": _expand,
         "bench_oid_map": _oid_map, "bench_ensemble": _ensemble,
-        "bench_model": _model, "bench_inference": _inference, "bench_serve": _serve,
+        "bench_model": _model, "bench_inference": _inference, "bench_ray": _ray, "bench_serve": _serve,
         "bench_targets": _targets, "bench_train": _train, "bench_train_quick": _train, "bench_gpu": _gpu,
         "bench_kernel_time": _kernel_time}
 

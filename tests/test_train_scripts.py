@@ -224,7 +224,7 @@ def test_keras_retinanet_forms_map_onto_ours_or_are_refused():
                   "--multiprocessing", "--annotation-cache-dir", "x", "--version", "v4")
     assert (args.dataset_path, args.labels_filter, args.group, args.batch_size) == ("/data/oid", ["Apple"], "random", 2)
     assert (parsed().dataset_path, parsed().group, parsed("--group-method", "ratio").group) == ("d/", "ratio", "ratio")
-    for argv, reason in ((["pascal", "/voc"], "keras-retinanet's form is `oid DATASET_PATH`"),
+    for argv, reason in ((["pascal", "/voc"], "pascal and kitti are not read here"),
                          (["--no-resize"], "images are always resized"), (["--parent-label", "x"], "--level N"),
                          (["--version", "v5"], "--version v5")):
         with pytest.raises(OIDInputError, match=reason):
