@@ -12,7 +12,11 @@ files, keras-retinanet CSV or COCO JSON).
 - each image: read as BGR, the per-channel intensity change (training), caffe preprocessing, the random
   transform, resizing with the min/max side rule; boxes follow. Images are padded (zeros) to the batch's
   largest shape and targets computed for the padded anchors (`data.targets`).
-- batch `i` of epoch `e` depends only on (seed, e, i), so parallel workers give the same batches as one.
+- batch `i` of epoch `e` depends only on (seed, e, i) (each image's augmentation on its place in the batch),
+  so parallel workers give the same batches as one.
+- several training processes (`worker=(k, n)`): every process draws the same batches and takes the k-th of n
+  equal slices of each, padded to the whole batch's shape (known from the image sizes), so the n slices
+  together are the one-process batch exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ import numpy as np
 
 from oid_retinanet.data.augment import RandomTransform, random_intensity_change
 from oid_retinanet.data.datasets import LevelData
-from oid_retinanet.data.preprocess import MAX_SIDE, MIN_SIDE, preprocess_image, read_image_bgr, resize_image
+from oid_retinanet.data.preprocess import (
+    MAX_SIDE,
+    MIN_SIDE,
+    preprocess_image,
+    read_image_bgr,
+    resize_image,
+    resized_shape,
+)
 from oid_retinanet.data.targets import anchor_targets
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.model.anchors import DEFAULT_ANCHOR_PARAMS, AnchorParameters, anchors_for_shape, feature_shapes
@@ -67,6 +78,7 @@ class GeneratorConfig:
     seed: int = 0
     anchor_params: AnchorParameters = DEFAULT_ANCHOR_PARAMS
     feature_shapes: Callable = feature_shapes  # of the backbone (`model.retinanet.backbone_feature_shapes`)
+    worker: tuple[int, int] = (0, 1)  # (k, n): this process takes the k-th of n slices of every batch
 
 
 class OpenImagesGenerator(keras.utils.PyDataset):
@@ -143,10 +155,14 @@ class OpenImagesGenerator(keras.utils.PyDataset):
         x, scale = resize_image(x, cfg.min_side, cfg.max_side)
         return x, boxes * scale, labels
 
-    def batch(self, indices: Sequence[int], rng: np.random.Generator | None):
-        """Inputs and targets of the images `indices`."""
-        entries = [self.load_entry(int(i), rng) for i in indices]
-        shape = tuple(max(e[0].shape[k] for e in entries) for k in range(3))
+    def batch(self, indices: Sequence[int], rngs: Sequence[np.random.Generator | None] | None = None,
+              shape: tuple[int, int, int] | None = None):
+        """Inputs and targets of the images `indices` (rngs: each one's augmentation, None for none), padded to
+        `shape` (default: the largest of them)."""
+        rngs = rngs if rngs is not None else [None] * len(indices)
+        entries = [self.load_entry(int(i), rng) for i, rng in zip(indices, rngs)]
+        largest = tuple(max(e[0].shape[k] for e in entries) for k in range(3))
+        shape = tuple(max(a, b) for a, b in zip(shape, largest)) if shape is not None else largest
         images = np.zeros((len(entries),) + shape, np.float32)
         for k, (x, _, _) in enumerate(entries):
             images[k, :x.shape[0], :x.shape[1]] = x
@@ -155,7 +171,20 @@ class OpenImagesGenerator(keras.utils.PyDataset):
                                                     [e[1] for e in entries], [e[2] for e in entries])
         return images, {"regression": regression, "classification": classification}
 
+    def batch_shape(self, indices: Sequence[int]) -> tuple[int, int, int]:
+        """The padded input shape of a batch of the images `indices`, from their sizes (the random transform keeps
+        an image's size)."""
+        cfg, data = self.config, self.data
+        sides = [resized_shape((data.heights[i], data.widths[i]), cfg.min_side, cfg.max_side) for i in indices]
+        return max(h for h, _ in sides), max(w for _, w in sides), 3
+
     def __getitem__(self, index: int):
-        augment = self.config.sampling in TRAINING_SAMPLING and (self.config.transform or self.config.intensity)
-        rng = np.random.default_rng([self.config.seed, self.epoch, index, 1]) if augment else None
-        return self.batch(self.groups[index], rng)
+        cfg = self.config
+        group = self.groups[index]
+        augment = cfg.sampling in TRAINING_SAMPLING and (cfg.transform or cfg.intensity)
+        k, n = cfg.worker
+        size = len(group) // n
+        places = range(k * size, (k + 1) * size) if n > 1 else range(len(group))
+        rngs = [np.random.default_rng([cfg.seed, self.epoch, index, 1, p]) if augment else None for p in places]
+        shape = self.batch_shape(group) if n > 1 else None
+        return self.batch([group[p] for p in places], rngs, shape)

@@ -60,7 +60,9 @@ def family(backbone: str) -> Family:
 
 
 def register_layers() -> None:
-    """Import every family's module, so that Keras can deserialise their layers (before loading a `.keras` file)."""
+    """Import the model's modules (every family's and the RetinaNet's: FPN, heads, anchors, filter), so that Keras
+    can deserialise their layers (before loading a `.keras` file)."""
+    importlib.import_module("oid_retinanet.model.retinanet")
     for fam in FAMILIES:
         fam.load()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -63,12 +64,15 @@ class Snapshot(keras.callbacks.Callback):
 
     Written under a temporary name and renamed, so a run killed while saving leaves no half snapshot. card: the
     model card stored inside each snapshot (with the epoch in its `training`). keep > 0: after each save, only
-    the `keep` newest snapshots of this backbone and level stay in the folder.
+    the `keep` newest snapshots of this backbone and level stay in the folder. write=False (a worker other than 0
+    of several): the model is saved into a temporary folder and dropped, since saving a model distributed over
+    several processes takes every process's part.
     """
 
     def __init__(self, folder: str | os.PathLike, backbone: str, level: str, keep: int = 0, every: int = 1,
-                 card: ModelCard | None = None) -> None:
+                 card: ModelCard | None = None, write: bool = True) -> None:
         super().__init__()
+        self.write = write
         self.card = card
         self.folder = Path(folder)
         self.backbone = backbone
@@ -78,6 +82,10 @@ class Snapshot(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every and epoch + 1 != self.params.get("epochs"):
+            return
+        if not self.write:
+            with tempfile.TemporaryDirectory() as scratch:
+                self.model.save(Path(scratch) / "part.keras")
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / snapshot_name(self.backbone, self.level, epoch + 1)
@@ -184,9 +192,32 @@ def predict_generator(generator: OpenImagesGenerator, model: keras.Model,
 
 
 def evaluation_callback(generator: OpenImagesGenerator, metric: str = "voc", report_path: str | None = None,
-                        **options) -> MeanAPCallback:
+                        local: bool = False, **options) -> MeanAPCallback:
     """`logs["mAP"]` on the validation generator after every epoch; the per-class table to `report_path`.
-    options: the evaluator's (weighted_average for "voc")."""
-    return MeanAPCallback(lambda model: predict_generator(generator, model, generator.config.anchor_params),
+    local: evaluate a copy in this process alone (`LocalTwin`: worker 0 of several). options: the evaluator's
+    (weighted_average for "voc")."""
+    twin = LocalTwin() if local else (lambda model: model)
+    return MeanAPCallback(lambda model: predict_generator(generator, twin(model), generator.config.anchor_params),
                           level_ground_truth(generator.data),
                           metric=metric, report_path=report_path, **options)
+
+
+class LocalTwin:
+    """A copy of a model that lives in this process alone, outside the multi-process distribution, with the
+    trained model's weights copied in when called: what worker 0 evaluates on while the other workers wait."""
+
+    def __init__(self) -> None:
+        self.twin = None
+
+    def __call__(self, model: keras.Model) -> keras.Model:
+        from keras.src.distribution import distribution_lib
+
+        if self.twin is None:
+            shared = distribution_lib.distribution()
+            distribution_lib.set_distribution(None)
+            try:
+                self.twin = keras.models.clone_model(model)
+            finally:
+                distribution_lib.set_distribution(shared)
+        self.twin.set_weights(model.get_weights())
+        return self.twin

@@ -49,7 +49,7 @@ CONFIG_FILE = "training_config.json"
 # Options --resume does not take from the earlier run's configuration: how to start, where, and the run's identity.
 NOT_RESUMED = frozenset({"snapshot", "resume", "weights", "imagenet_weights", "imagenet_source", "models_path",
                          "snapshot_path", "backbone", "level", "gpu", "verbose", "multi_gpu_force",
-                         "initial_epoch"})
+                         "initial_epoch", "cluster", "worker_index", "worker_timeout"})
 MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 # gujingxiao's train_oid_2019_resnet50.py: the exists split, batch 2, 100 epochs, Adam 1e-4, learning rate x0.8
 FLOW_2019 = {"split": "exists", "batch_size": 2, "epochs": 100, "lr": 1e-4, "reduce_lr_factor": 0.8}
@@ -99,6 +99,9 @@ class TrainConfig:
     mixed_precision: str | None = None
     multi_gpu: int = 0
     multi_gpu_force: bool = False
+    cluster: list[str] | None = None  # HOST:PORT of every worker (the first coordinates), or ["auto"]
+    worker_index: int | None = None
+    worker_timeout: int = 100
     workers: int = 2
     max_queue_size: int = 10
     snapshots: bool = True
@@ -187,6 +190,16 @@ def build_parser(backbone: str, description: str, paths: dict[str, str], default
     p.add_argument("--multi-gpu", type=int, default=_default("multi_gpu"),
                    help="train data-parallel on this many devices (GPUs; logical CPU devices where there is no GPU)")
     p.add_argument("--multi-gpu-force", action="store_true", help="accepted for compatibility; not needed")
+    p.add_argument("--cluster", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   metavar="HOST:PORT,HOST:PORT,...",
+                   help="train on several machines (JAX backend: KERAS_BACKEND=jax): every worker's address, the "
+                        "first coordinating; run the same command on each with its --worker-index. `auto`: the "
+                        "cluster JAX finds itself (SLURM, Open MPI, ...). --batch-size is the global batch; worker 0 "
+                        "alone writes snapshots, logs and the evaluation (README: several machines)")
+    p.add_argument("--worker-index", type=int, metavar="I", help="this worker's place in --cluster (from 0)")
+    p.add_argument("--worker-timeout", type=positive_int, default=_default("worker_timeout"), metavar="S",
+                   help="seconds without a sign of life after which a lost worker stops the others "
+                        "(default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=_default("epochs"), help="(default: %(default)s)")
     p.add_argument("--steps", type=positive_int, default=_default("steps"),
                    help="batches per epoch (default: %(default)s)")
@@ -315,6 +328,16 @@ def keras_retinanet_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Contradictions found before any backend starts."""
+    if args.cluster:
+        if args.cluster != ["auto"] and (args.worker_index is None or not 0 <= args.worker_index < len(args.cluster)):
+            raise OIDInputError(f"--cluster names {len(args.cluster)} workers: give --worker-index 0 to "
+                                f"{len(args.cluster) - 1}")
+        if args.multi_gpu > 1:
+            raise OIDInputError("--cluster trains on every device of every worker: leave --multi-gpu out")
+        workers = len(args.cluster) if args.cluster != ["auto"] else 1
+        if args.batch_size % workers:
+            raise OIDInputError(f"--batch-size {args.batch_size} (the global batch) must be a multiple of the "
+                                f"{workers} workers")
     if args.multi_gpu > 1 and args.batch_size < args.multi_gpu:
         raise OIDInputError(f"--batch-size {args.batch_size} is smaller than --multi-gpu {args.multi_gpu}")
     if args.multi_gpu > 1 and args.batch_size % args.multi_gpu:
@@ -417,6 +440,37 @@ def _distribution(n: int):
         log.info("data-parallel training on %s", ", ".join(str(d) for d in devices[:n]))
         return None
     raise OIDInputError(f"--multi-gpu is supported on the tensorflow and jax backends, not {backend}")
+
+
+def _join_cluster(config: TrainConfig) -> tuple[int, int]:
+    """(this worker's index, the number of workers): (0, 1) alone. With --cluster, starts JAX's distributed
+    runtime and sets a DataParallel distribution over every device of every worker; each worker then feeds its own
+    slice of every global batch (data.generator: `worker`)."""
+    if not config.cluster:
+        return 0, 1
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise OIDInputError(
+            f"--cluster trains on the JAX backend (KERAS_BACKEND=jax), not {keras.backend.backend()}: Keras 3's fit "
+            "does not run under TensorFlow's MultiWorkerMirroredStrategy (keras-team/keras#20585)")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # collectives between CPU processes
+    if config.cluster == ["auto"]:
+        jax.distributed.initialize(heartbeat_timeout_seconds=config.worker_timeout)
+    else:
+        jax.distributed.initialize(coordinator_address=config.cluster[0], num_processes=len(config.cluster),
+                                   process_id=config.worker_index, heartbeat_timeout_seconds=config.worker_timeout)
+    index, count = jax.process_index(), jax.process_count()
+    if config.batch_size % jax.device_count():
+        raise OIDInputError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the "
+                            f"{jax.device_count()} devices of the {count} workers")
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices(),
+                                                                        auto_shard_dataset=False))
+    log.info("worker %d of %d: data-parallel over %d devices, global batch %d", index, count, jax.device_count(),
+             config.batch_size)
+    return index, count
 
 
 def compile_model(model, lr: float = LEARNING_RATE, clipnorm: float = CLIPNORM) -> None:
@@ -595,6 +649,8 @@ def train(config: TrainConfig):
     if snapshot and not os.path.isfile(snapshot):
         raise FileNotFoundError(2, "No such file or directory", snapshot)
     scope = _distribution(config.multi_gpu)
+    worker, workers = _join_cluster(config)
+    chief = worker == 0
 
     import keras
 
@@ -622,7 +678,8 @@ def train(config: TrainConfig):
         **common, steps=config.steps, seed=config.seed, group=config.group,
         sampling=config.sampling or ("balanced" if config.dataset_format == "oid" else "shuffle"),
         transform=RandomTransform.ORIGINAL_FULL if config.random_transform else RandomTransform.FLIP_X,
-        intensity=INTENSITY_CHANGE if config.intensity_change else None), workers=config.workers,
+        intensity=INTENSITY_CHANGE if config.intensity_change else None, worker=(worker, workers)),
+        workers=config.workers,
         max_queue_size=config.max_queue_size)
     if snapshot:
         _check_snapshot_classes(snapshot, train_data.classes)
@@ -645,13 +702,23 @@ def train(config: TrainConfig):
     callbacks, val_gen = [], None
     if val_data is not None:
         val_gen = OpenImagesGenerator(val_data, GeneratorConfig(**common, sampling="sequential"))
-    if config.evaluation and val_gen is not None:
+    if config.compute_val_loss and workers > 1:
+        log.info("--compute-val-loss is left out when training on several workers (the per-epoch mAP is not)")
+        config.compute_val_loss = False
+    if config.evaluation and val_gen is not None and chief:
         options = {"weighted_average": True} if config.weighted_average and config.eval_metric == "voc" else {}
         callbacks.append(cb.evaluation_callback(val_gen, config.eval_metric, os.path.join(
-            config.snapshot_path, f"mAP_stat_{config.backbone}.txt"), **options))
+            config.snapshot_path, f"mAP_stat_{config.backbone}.txt"), local=workers > 1, **options))
     callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=config.reduce_lr_factor,
                                                        patience=config.reduce_lr_patience, min_delta=LR_MIN_DELTA,
                                                        min_lr=LR_MIN, verbose=1))
+    if not chief:  # worker 0 writes everything; the others train (and take their part in saving)
+        if config.snapshots:
+            callbacks.append(cb.Snapshot(config.snapshot_path, config.backbone, config.level,
+                                         every=config.snapshot_every, write=False))
+        with _stop_when_a_worker_is_lost(worker, workers):
+            return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                             verbose=0)
     if config.tensorboard_dir:
         freq = int(config.tensorboard_freq) if config.tensorboard_freq.isdigit() else config.tensorboard_freq
         callbacks.append(keras.callbacks.TensorBoard(log_dir=config.tensorboard_dir, update_freq=freq))
@@ -668,9 +735,31 @@ def train(config: TrainConfig):
              config.backbone, f"level {config.level}" if config.dataset_format == "oid" else
              sources["train"].annotations, len(train_data), train_data.num_classes, config.epochs, config.steps,
              config.batch_size, config.image_min_side, config.image_max_side)
-    return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                     validation_data=val_gen if config.compute_val_loss and val_gen is not None else None,
-                     verbose=1 if sys.stderr.isatty() else 2)
+    with _stop_when_a_worker_is_lost(worker, workers):
+        return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                         validation_data=val_gen if config.compute_val_loss and val_gen is not None else None,
+                         verbose=1 if sys.stderr.isatty() else 2)
+
+
+EXIT_LOST_WORKER = 3
+
+
+@contextlib.contextmanager
+def _stop_when_a_worker_is_lost(worker: int, workers: int):
+    """On several workers, a collective that fails (a worker died, was preempted or cut off: JAX notices within
+    --worker-timeout) ends this worker with one line and exit code 3, at once: JAX's own shutdown would wait for
+    the lost worker and then abort the process. The finished snapshots stay; relaunch every worker with --resume."""
+    try:
+        yield
+    except Exception as exc:
+        if workers < 2 or not type(exc).__module__.startswith(("jax", "jaxlib")):
+            raise
+        reason = str(exc).strip().splitlines()[0][:300]
+        sys.stderr.write(f"error: worker {worker} of {workers}: the cluster lost a worker ({reason}); the finished "
+                         "snapshots are kept: relaunch every worker with --resume\n")
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(EXIT_LOST_WORKER)
 
 
 def parse_config(backbone: str, description: str, argv: list[str] | None, constants, defaults: dict | None = None
