@@ -23,7 +23,7 @@ from bench.common import machine_info, write_result  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=24, help="images (default: %(default)s)")
+    p.add_argument("--n", type=int, default=64, help="images (default: %(default)s)")
     p.add_argument("--out-dir", default="bench_output")
     args = p.parse_args(argv)
     import importlib.util
