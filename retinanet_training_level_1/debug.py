@@ -30,18 +30,15 @@ log = logging.getLogger("debug")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from oid_retinanet.data.datasets import FORMATS
+    from oid_retinanet.data.datasets import add_dataset_options
     from oid_retinanet.model.backbones import default_sides, usage
     from oid_retinanet.oid.levels import SPLITS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", nargs="*", metavar="[csv ANNOTATIONS CLASSES | coco COCO_PATH | oid DATASET_PATH]",
                    help="keras-retinanet's dataset forms (default: the level's files)")
-    p.add_argument("--dataset-format", choices=FORMATS, default="oid",
-                   help="oid level files, keras-retinanet's csv (--annotations, --csv-classes) or coco "
-                        "(--dataset-path the COCO folder) (default: %(default)s)")
+    add_dataset_options(p, "--annotations")
     p.add_argument("--annotations", metavar="FILE", help="the --subset's annotation file instead of the default")
-    p.add_argument("--csv-classes", metavar="CSV", help="csv: the class file (`class_name,id` lines)")
     p.add_argument("--level", "--label-level", default="1", help="the level's files (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default="levels", help="stage 1's files or the 2019 exists split "
                    "(default: %(default)s)")

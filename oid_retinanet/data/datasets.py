@@ -170,6 +170,16 @@ def dataset_sources(fmt: str, dataset_path: str, output_path: str = "", level: s
     raise OIDInputError(f"unknown dataset format {fmt!r}: one of {', '.join(FORMATS)}")
 
 
+def add_dataset_options(parser, files: str) -> None:
+    """--dataset-format and --csv-classes on a command line (`files`: the flags that name the annotation files)."""
+    parser.add_argument("--dataset-format", choices=FORMATS, default="oid",
+                        help=f"oid: the level files of stages 1 and 2; csv: keras-retinanet's CSV dataset ({files}, "
+                             "--csv-classes; or `csv ANNOTATIONS CLASSES`); coco: COCO's instances JSON, "
+                             "--dataset-path the COCO folder (annotations/instances_<set>.json, images/<set>/; or "
+                             "`coco COCO_PATH`) (default: %(default)s)")
+    parser.add_argument("--csv-classes", metavar="CSV", help="csv: the class file, `class_name,id` lines")
+
+
 def dataset_words(words: Sequence[str]) -> dict[str, str]:
     """keras-retinanet's dataset arguments as our settings: `oid DATASET_PATH`, `csv ANNOTATIONS CLASSES` or
     `coco COCO_PATH` -> {"format", and "dataset_path" or "annotations" and "classes"}; {} for no words."""

@@ -33,16 +33,13 @@ VOC_OPTIONS = {"iou_threshold": 0.5, "score_threshold": 0.05, "max_detections": 
 
 def build_parser(description: str, constants, split: str = "levels", metric: str = "oid") -> argparse.ArgumentParser:
     """The options, with the script's split and metric as defaults (`constants`: its a00, for the paths)."""
-    from oid_retinanet.data.datasets import FORMATS
+    from oid_retinanet.data.datasets import add_dataset_options
     from oid_retinanet.oid.levels import SPLITS
 
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="*", metavar="[oid DATASET_PATH | csv ANNOTATIONS CLASSES | coco COCO_PATH] MODEL",
                    help="keras-retinanet's forms (or give --weights)")
-    p.add_argument("--dataset-format", choices=FORMATS, default="oid",
-                   help="oid level files, keras-retinanet's csv (--validation-annotations, --csv-classes) or coco "
-                        "(--dataset-path the COCO folder) (default: %(default)s)")
-    p.add_argument("--csv-classes", metavar="CSV", help="csv: the class file (`class_name,id` lines)")
+    add_dataset_options(p, "--validation-annotations")
     p.add_argument("--weights", help="the model: ours (.keras) or keras-retinanet's .h5, training or converted")
     p.add_argument("--level", "--label-level", default="1", help="the level it was trained on (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default=split,

@@ -132,7 +132,7 @@ def build_parser(backbone: str, description: str, paths: dict[str, str], default
     """The options of a training script for `backbone` (whose registry entry gives the default image sides);
     `paths` gives the defaults of a00 (DATASET_PATH, OUTPUT_PATH, MODELS_PATH); `defaults` other defaults of
     the script (FLOW_2019 for the 2019 one)."""
-    from oid_retinanet.data.datasets import FORMATS
+    from oid_retinanet.data.datasets import add_dataset_options
     from oid_retinanet.model.backbones import default_sides
     from oid_retinanet.oid.levels import SPLITS
 
@@ -166,17 +166,12 @@ def build_parser(backbone: str, description: str, paths: dict[str, str], default
                         "(default: %(default)s)")
     p.add_argument("--select", action="store_true",
                    help="with --split exists: train on the -select file of labelProcess/tooMuch_label_select.py")
-    p.add_argument("--dataset-format", choices=FORMATS, default=_default("dataset_format"),
-                   help="oid: the level files of stages 1 and 2; csv: keras-retinanet's CSV dataset "
-                        "(--train-annotations, --csv-classes, --validation-annotations; or `csv ANNOTATIONS "
-                        "CLASSES`); coco: COCO's instances JSON, --dataset-path the COCO folder (annotations/"
-                        "instances_train2017.json, images/train2017/; or `coco COCO_PATH`) (default: %(default)s)")
+    add_dataset_options(p, "--train-annotations, --validation-annotations")
     p.add_argument("--train-annotations", metavar="FILE", help="train on this annotation file instead of the "
                    "split's (csv: the dataset's rows; coco: an instances JSON)")
     p.add_argument("--validation-annotations", "--val-annotations", metavar="FILE",
                    help="validate on this annotation file instead of the split's (a csv dataset without one "
                         "trains without per-epoch mAP, as keras-retinanet)")
-    p.add_argument("--csv-classes", metavar="CSV", help="csv: the class file, `class_name,id` lines")
     p.add_argument("--labels-filter", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
                    help="train only these classes: comma-separated display names or MIDs, in model output order "
                         "(keras-retinanet's oid option; exact names)")
