@@ -150,6 +150,15 @@ def _ray(r: dict) -> list[str]:
             f"{'yes' if r['same_cache_bytes'] else 'NO'} |"]
 
 
+def _multi_worker(r: dict) -> list[str]:
+    h, w = r["sides"]
+    one, two = r["images_per_s"]["1"], r["images_per_s"]["2"]
+    return [f"| Training on 2 workers (JAX, 127.0.0.1, 1 core each; {r['backbone']} at {h}/{w}, "
+            f"{r['batch_per_worker']} images a worker a step) | {two:.2f} images/s | 1 worker on 1 core: "
+            f"{one:.2f} images/s | scaling efficiency {100 * r['efficiency']:.0f}% (the gradients' all-reduce "
+            "over loopback against a small model step) |"]
+
+
 def _serve(r: dict) -> list[str]:
     lat, mem, base = r["latency_ms"], r["server_rss_mb"], r["baseline_in_process"]
     h, w = r["image_size"]
@@ -241,7 +250,8 @@ def _gpu(r: dict) -> list[str]:
 
 ROWS = {"bench_levels": _levels, "bench_image_params": _image_params, "bench_expand": _expand,
         "bench_oid_map": _oid_map, "bench_ensemble": _ensemble,
-        "bench_model": _model, "bench_inference": _inference, "bench_ray": _ray, "bench_serve": _serve,
+        "bench_model": _model, "bench_inference": _inference, "bench_ray": _ray, "bench_multi_worker": _multi_worker,
+        "bench_serve": _serve,
         "bench_targets": _targets, "bench_train": _train, "bench_train_quick": _train, "bench_gpu": _gpu,
         "bench_kernel_time": _kernel_time}
 
