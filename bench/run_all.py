@@ -155,8 +155,7 @@ def _multi_worker(r: dict) -> list[str]:
     one, two = r["images_per_s"]["1"], r["images_per_s"]["2"]
     return [f"| Training on 2 workers (JAX, 127.0.0.1, 1 core each; {r['backbone']} at {h}/{w}, "
             f"{r['batch_per_worker']} images a worker a step) | {two:.2f} images/s | 1 worker on 1 core: "
-            f"{one:.2f} images/s | scaling efficiency {100 * r['efficiency']:.0f}% (the gradients' all-reduce "
-            "over loopback against a small model step) |"]
+            f"{one:.2f} images/s | scaling efficiency {100 * r['efficiency']:.0f}% |"]
 
 
 def _serve(r: dict) -> list[str]:
