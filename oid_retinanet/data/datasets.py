@@ -18,7 +18,8 @@ targets, per-epoch mAP, prediction caches):
 Rules every format shares (`assemble`): an image missing on disk or unreadable is skipped with a count in the log
 (an error when none is left); a box reaching outside its image is dropped with a count (keras-retinanet's
 filter_annotations); a box empty once rounded to pixels is dropped with a count (the original's generator); a
-malformed row, an unknown class or a box with x2 <= x1 is an error naming the file, the row and the value. Images
+malformed row or an unknown class is an error naming the file, the row and the value (and so is a csv box with
+x2 <= x1, as keras-retinanet's). Images
 are identified by their file name without extension (the caches and ground truth key on it): two paths with one
 name are an error naming both.
 """

@@ -6,8 +6,8 @@ files, keras-retinanet CSV or COCO JSON).
   plus "empty" for the negative images) and then an image of that class, so rare classes are seen as often
   as frequent ones; then (`group="ratio"`, the default) windows of 16 batches are sorted by aspect ratio so a
   batch holds images of similar shape and little padding. `group="random"` keeps the draw order (the original).
-  `sampling="shuffle"` (keras-retinanet's order, the default for csv and coco datasets) draws every image once
-  per pass over the data, in a new random order each pass, then groups as above.
+  `sampling="shuffle"` (keras-retinanet's order, the default for csv and coco datasets): each epoch a new random
+  order of all the images (repeated when the epoch is longer than the data), then grouped as above.
   `sampling="sequential"` visits every image once per epoch, sorted by aspect ratio (validation).
 - each image: read as BGR, the per-channel intensity change (training), caffe preprocessing, the random
   transform, resizing with the min/max side rule; boxes follow. Images are padded (zeros) to the batch's
