@@ -210,12 +210,14 @@ class LocalTwin:
         self.twin = None
 
     def __call__(self, model: keras.Model) -> keras.Model:
+        from keras.src.distribution import distribution_lib
+
         if self.twin is None:
-            shared = keras.distribution.distribution()
-            keras.distribution.set_distribution(None)
+            shared = distribution_lib.distribution()
+            distribution_lib.set_distribution(None)
             try:
                 self.twin = keras.models.clone_model(model)
             finally:
-                keras.distribution.set_distribution(shared)
+                distribution_lib.set_distribution(shared)
         self.twin.set_weights(model.get_weights())
         return self.twin
