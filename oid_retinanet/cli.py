@@ -102,6 +102,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1] (thresholds, ratios, shares)."""
     value = float(text)

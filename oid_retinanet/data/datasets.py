@@ -464,17 +464,17 @@ def load_csv_dataset(annotations_csv: str, classes_csv: str, base_dir: str | Non
     _unique_ids(ids, paths, annotations_csv, lines)
     with ThreadPoolExecutor(8) as pool:  # header reads: I/O bound
         sizes = list(pool.map(_header_size, paths))
-    ok = _found(annotations_csv, ids, paths, sizes, lines)
+    return _subset(annotations_csv, classes, ids, paths, sizes, box_image, boxes, labels, labels_filter, lines)
+
+
+def _subset(source: str, classes: ClassList, ids: list[str], paths: list[str], sizes: list, box_image: np.ndarray,
+            boxes: np.ndarray, labels: np.ndarray, labels_filter: Sequence[str] | None,
+            rows: Sequence[int] | None = None) -> LevelData:
+    """`assemble` for pixel boxes: the images found (`sizes`: (width, height), or why an image is not usable)
+    and their boxes inside the image."""
+    ok = _found(source, ids, paths, sizes, rows)
     widths = np.array([s[0] if k else 1 for s, k in zip(sizes, ok)], np.int64)
     heights = np.array([s[1] if k else 1 for s, k in zip(sizes, ok)], np.int64)
-    return _subset(annotations_csv, classes, ids, paths, widths, heights, ok, box_image, boxes, labels,
-                   labels_filter)
-
-
-def _subset(source: str, classes: ClassList, ids: list[str], paths: list[str], widths: np.ndarray,
-            heights: np.ndarray, ok: np.ndarray, box_image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-            labels_filter: Sequence[str] | None) -> LevelData:
-    """`assemble` for pixel boxes: the images found (`ok`) and their boxes inside the image."""
     on = ok[box_image]
     box_image, boxes, labels = box_image[on], boxes[on], labels[on]
     normalised, inside = _pixel_boxes(source, boxes, box_image, widths, heights)
@@ -490,8 +490,8 @@ def _coco_fields(item: object, where: str, path: str, fields: dict[str, type | t
         if name not in item:
             raise OIDInputError(f"{where} has no {name!r}: {json.dumps(item)[:200]}", path)
         if not isinstance(item[name], kind) or isinstance(item[name], bool):
-            raise OIDInputError(f"{where}: {name} {item[name]!r} is not a {getattr(kind, '__name__', 'number')}",
-                                path)
+            expected = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+            raise OIDInputError(f"{where}: {name} {item[name]!r} is not {expected}", path)
     return item
 
 
@@ -551,8 +551,5 @@ def load_coco_dataset(instances_json: str, images_dir: str, labels_filter: Seque
     sizes = [(im["width"], im["height"]) if im["width"] > 0 and im["height"] > 0 else "size 0 in the JSON"
              for im in images]
     sizes = [s if isinstance(s, str) or os.path.isfile(p) else "not found" for s, p in zip(sizes, paths)]
-    ok = _found(instances_json, ids, paths, sizes)
-    widths = np.array([s[0] if k else 1 for s, k in zip(sizes, ok)], np.int64)
-    heights = np.array([s[1] if k else 1 for s, k in zip(sizes, ok)], np.int64)
-    return _subset(instances_json, classes, ids, paths, widths, heights, ok, np.asarray(box_image, np.int64),
+    return _subset(instances_json, classes, ids, paths, sizes, np.asarray(box_image, np.int64),
                    np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64), labels_filter)

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from oid_retinanet.cli import PARALLEL_ITERATIONS_HELP, fraction, positive_int, setup_logging
+from oid_retinanet.cli import PARALLEL_ITERATIONS_HELP, fraction, non_negative_float, positive_int, setup_logging
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.predict.cache import cache_folder_name
 from oid_retinanet.predict.ensemble import DECIMALS, MERGE_METHODS, MIRROR_DEFAULTS
@@ -38,6 +38,8 @@ def _shard(text: str) -> tuple[int, int]:
 
 def build_parser(description: str, variant: str = "2018") -> argparse.ArgumentParser:
     """Stage 4's options, with the defaults of `variant` (VARIANTS)."""
+    from oid_retinanet.predict.ray_inference import CHUNK
+
     d = VARIANTS[variant]
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if variant == "2019":
@@ -81,11 +83,11 @@ def build_parser(description: str, variant: str = "2018") -> argparse.ArgumentPa
                           "this machine belongs to) or ray://HOST:PORT")
     ray.add_argument("--ray-workers", type=positive_int, metavar="N",
                      help="model replicas (default: as many as the cluster's CPUs, or GPUs, allow)")
-    ray.add_argument("--ray-cpus-per-worker", type=_positive_number, default=1, metavar="C",
+    ray.add_argument("--ray-cpus-per-worker", type=non_negative_float, default=1, metavar="C",
                      help="CPUs each replica holds, and its TensorFlow threads (default: %(default)s)")
-    ray.add_argument("--ray-gpus-per-worker", type=_positive_number, default=0, metavar="G",
+    ray.add_argument("--ray-gpus-per-worker", type=non_negative_float, default=0, metavar="G",
                      help="GPUs each replica holds (default: %(default)s)")
-    ray.add_argument("--ray-chunk", type=positive_int, default=32, metavar="K",
+    ray.add_argument("--ray-chunk", type=positive_int, default=CHUNK, metavar="K",
                      help="images per task: what a lost worker costs at most (default: %(default)s)")
     p.add_argument("--skip-box-thr", type=fraction, default=d["skip_box_thr"],
                    help="drop boxes scoring below this before merging (default: %(default)s)")
@@ -118,13 +120,6 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     if args.ray and args.shard:
         parser.error("--ray spreads the images over the cluster itself: give --ray or --shard, not both")
     return args
-
-
-def _positive_number(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
 
 
 def _cached_labels(args: argparse.Namespace, cache_dir: str):

@@ -210,14 +210,12 @@ class LocalTwin:
         self.twin = None
 
     def __call__(self, model: keras.Model) -> keras.Model:
-        from keras.src.distribution import distribution_lib
-
         if self.twin is None:
-            shared = distribution_lib.distribution()
-            distribution_lib.set_distribution(None)
+            shared = keras.distribution.distribution()
+            keras.distribution.set_distribution(None)
             try:
                 self.twin = keras.models.clone_model(model)
             finally:
-                distribution_lib.set_distribution(shared)
+                keras.distribution.set_distribution(shared)
         self.twin.set_weights(model.get_weights())
         return self.twin

@@ -651,7 +651,6 @@ def train(config: TrainConfig):
 
     from oid_retinanet.data.augment import RandomTransform
     from oid_retinanet.data.generator import GeneratorConfig, OpenImagesGenerator
-    from oid_retinanet.oid.classes import CLASSES_FILE, write_class_descriptions
     from oid_retinanet.train import callbacks as cb
 
     train_data = sources["train"].load(config.labels_filter)
@@ -707,13 +706,30 @@ def train(config: TrainConfig):
     callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=config.reduce_lr_factor,
                                                        patience=config.reduce_lr_patience, min_delta=LR_MIN_DELTA,
                                                        min_lr=LR_MIN, verbose=1))
-    if not chief:  # worker 0 writes everything; the others train (and take their part in saving)
-        if config.snapshots:
-            callbacks.append(cb.Snapshot(config.snapshot_path, config.backbone, config.level,
-                                         every=config.snapshot_every, write=False))
-        with _stop_when_a_worker_is_lost(worker, workers):
-            return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                             verbose=0)
+    if chief:  # worker 0 writes everything; the others train (and take their part in saving)
+        _chief_outputs(callbacks, config, model, train_data, anchors, sources, initial_epoch)
+    elif config.snapshots:
+        callbacks.append(cb.Snapshot(config.snapshot_path, config.backbone, config.level,
+                                     every=config.snapshot_every, write=False))
+    log.info("training %s on %s: %d images, %d classes, %d epochs x %d steps of %d, sides %d/%d",
+             config.backbone, f"level {config.level}" if config.dataset_format == "oid" else
+             sources["train"].annotations, len(train_data), train_data.num_classes, config.epochs, config.steps,
+             config.batch_size, config.image_min_side, config.image_max_side)
+    with _stop_when_a_worker_is_lost(worker, workers):
+        return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                         validation_data=val_gen if config.compute_val_loss and val_gen is not None else None,
+                         verbose=(1 if sys.stderr.isatty() else 2) if chief else 0)
+
+
+def _chief_outputs(callbacks: list, config: TrainConfig, model, train_data, anchors, sources: dict[str, Source],
+                   initial_epoch: int) -> None:
+    """What one run writes (worker 0's, on several): TensorBoard, the CSV log, snapshots with the card (added to
+    `callbacks`), `training_config.json` and `classes.csv`."""
+    import keras
+
+    from oid_retinanet.oid.classes import CLASSES_FILE, write_class_descriptions
+    from oid_retinanet.train import callbacks as cb
+
     if config.tensorboard_dir:
         freq = int(config.tensorboard_freq) if config.tensorboard_freq.isdigit() else config.tensorboard_freq
         callbacks.append(keras.callbacks.TensorBoard(log_dir=config.tensorboard_dir, update_freq=freq))
@@ -726,14 +742,6 @@ def train(config: TrainConfig):
     _write_config(config, sources, train_data.num_classes, initial_epoch)
     write_class_descriptions(os.path.join(config.snapshot_path, CLASSES_FILE),
                              zip(train_data.classes.mids, train_data.classes.names))
-    log.info("training %s on %s: %d images, %d classes, %d epochs x %d steps of %d, sides %d/%d",
-             config.backbone, f"level {config.level}" if config.dataset_format == "oid" else
-             sources["train"].annotations, len(train_data), train_data.num_classes, config.epochs, config.steps,
-             config.batch_size, config.image_min_side, config.image_max_side)
-    with _stop_when_a_worker_is_lost(worker, workers):
-        return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                         validation_data=val_gen if config.compute_val_loss and val_gen is not None else None,
-                         verbose=1 if sys.stderr.isatty() else 2)
 
 
 EXIT_LOST_WORKER = 3
