@@ -73,6 +73,25 @@ def test_training_script_snapshot_and_resume(depth, backbone, tiny, tmp_path):
     assert not list(snapshots.glob(".*tmp*"))  # no half-written snapshot left behind
 
 
+def test_a_resumed_run_is_the_uninterrupted_run(tiny, tmp_path):
+    """Epoch 1, then --resume to 2, equals 2 epochs at once: the same batches in the same order, so even MobileNet's
+    trained batch-normalisation statistics agree (Keras' own shuffle of the batch order, drawn from Python's random
+    state, made them differ by up to 1e-2 here; 1e-6 leaves room for float reassociation only)."""
+    import keras
+
+    import oid_retinanet.train.losses  # noqa: F401
+    from retinanet_training_level_1 import train_oid_level_1_resnet101 as script
+
+    for folder, extra in (("resumed", ["--epochs", "1"]), ("resumed", ["--epochs", "2", "--resume"]),
+                          ("whole", ["--epochs", "2"])):
+        argv = _args(tiny, tmp_path / folder, "--backbone", SMALL, "--no-evaluation", "--batch-size", "2", *extra)
+        assert script.main([*argv, "--steps", "4"]) == 0
+    resumed, whole = (keras.saving.load_model(tmp_path / folder / f"{SMALL}_oid_level_1_02.keras")
+                      for folder in ("resumed", "whole"))
+    for a, b in zip(whole.weights, resumed.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6, err_msg=a.path)
+
+
 def test_bare_resume_takes_the_earlier_runs_settings(tiny, tmp_path, capfd):
     """`--resume --snapshot-path S` alone continues with the first run's sides, steps, paths and seed (its
     training_config.json); an option given again wins and is logged as changed."""

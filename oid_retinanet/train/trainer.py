@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
@@ -716,9 +717,12 @@ def train(config: TrainConfig):
              sources["train"].annotations, len(train_data), train_data.num_classes, config.epochs, config.steps,
              config.batch_size, config.image_min_side, config.image_max_side)
     with _stop_when_a_worker_is_lost(worker, workers):
+        # shuffle=False: the generator orders its batches itself (seeded per epoch); Keras' shuffle of the batch
+        # order draws from Python's global random state, so a resumed run would train the same batches in another
+        # order than the uninterrupted run (and its batch-normalisation statistics would differ)
         return model.fit(train_gen, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                          validation_data=val_gen if config.compute_val_loss and val_gen is not None else None,
-                         verbose=(1 if sys.stderr.isatty() else 2) if chief else 0)
+                         shuffle=False, verbose=(1 if sys.stderr.isatty() else 2) if chief else 0)
 
 
 def _chief_outputs(callbacks: list, config: TrainConfig, model, train_data, anchors, sources: dict[str, Source],
@@ -745,6 +749,14 @@ def _chief_outputs(callbacks: list, config: TrainConfig, model, train_data, anch
 
 
 EXIT_LOST_WORKER = 3
+# How JAX reports a collective whose peer is gone: its own error types, or (from some collectives, e.g. the
+# all-gather of the logs) a ValueError carrying the transport's or the coordination service's message.
+_PEER_LOST = re.compile(r"gloo|nccl|heartbeat|coordination ?service|barrier|connection (closed|reset|refused)", re.I)
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """Whether `exc`, raised by a step on several workers, means that a peer is gone (not a fault of this one)."""
+    return type(exc).__module__.startswith(("jax", "jaxlib")) or bool(_PEER_LOST.search(str(exc)))
 
 
 @contextlib.contextmanager
@@ -755,7 +767,7 @@ def _stop_when_a_worker_is_lost(worker: int, workers: int):
     try:
         yield
     except Exception as exc:
-        if workers < 2 or not type(exc).__module__.startswith(("jax", "jaxlib")):
+        if workers < 2 or not lost_worker(exc):
             raise
         reason = str(exc).strip().splitlines()[0][:300]
         sys.stderr.write(f"error: worker {worker} of {workers}: the cluster lost a worker ({reason}); the finished "
