@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint demo bench keras-retinanet-venv serve clean
+.PHONY: venv test test-fast lint demo bench bench-scale keras-retinanet-venv serve clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,11 @@ $(KR_STAMP): bench/keras_retinanet/requirements.txt
 bench: $(STAMP)
 	$(MAKE) keras-retinanet-venv || echo "keras-retinanet baseline venv not installed: bench_model uses the recorded time"
 	$(PY) bench/run_all.py
+
+# Every stage at Open Images' real counts (about an hour on 2 cores, ~10 GB of disk while it runs, removed after):
+# the "Full scale" section of BENCHMARKS.md. FRACTION=0.01 runs it at 1% of the counts.
+bench-scale: $(STAMP)
+	$(PY) bench/full_scale.py --fraction $(or $(FRACTION),1)
 
 # The web demo on http://127.0.0.1:8000/ (PORT=N for another port) with the model `make demo` trained, or
 # another: make serve SERVE_ARGS="--weights models/x.h5"

@@ -84,3 +84,33 @@ def generated(stamp: Path, make: Callable, *args, **kwargs):
     result = make(*args, **kwargs)
     stamp.write_text(json.dumps({"key": key, "result": result}))
     return result
+
+
+def _section_span(text: list[str], title: str) -> tuple[int, int] | None:
+    """[start, end) of the section headed `title` (to the next heading of its level, or the end)."""
+    start = next((k for k, line in enumerate(text) if line == title), None)
+    if start is None:
+        return None
+    level = title.split()[0] + " "
+    return start, next((k for k in range(start + 1, len(text)) if text[k].startswith(level)), len(text))
+
+
+def read_section(report: Path, title: str) -> list[str]:
+    """The lines of `report`'s section headed `title` (trailing blank lines left out), or [] without one."""
+    text = report.read_text().splitlines() if report.exists() else []
+    span = _section_span(text, title)
+    lines = text[span[0]:span[1]] if span else []
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def replace_section(report: Path, title: str, lines: list[str]) -> None:
+    """Put `lines` (starting with the heading `title`) in place of that section of `report`, or at its end."""
+    text = report.read_text().splitlines() if report.exists() else []
+    span = _section_span(text, title)
+    if span is None:
+        text = [*text, "", *lines] if text else list(lines)
+    else:
+        text = [*text[:span[0]], *lines, *([""] if span[1] < len(text) else []), *text[span[1]:]]
+    report.write_text("\n".join(text) + "\n")

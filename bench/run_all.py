@@ -16,7 +16,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
-from bench.common import describe_machine, machine_info  # noqa: E402
+from bench.common import describe_machine, machine_info, read_section, replace_section  # noqa: E402
 
 REPO = BENCH.parent
 OUT = REPO / "bench_output"
@@ -151,11 +151,16 @@ def _ray(r: dict) -> list[str]:
 
 
 def _multi_worker(r: dict) -> list[str]:
-    h, w = r["sides"]
-    one, two = r["images_per_s"]["1"], r["images_per_s"]["2"]
-    return [f"| Training on 2 workers (JAX, 127.0.0.1, 1 core each; {r['backbone']} at {h}/{w}, "
-            f"{r['batch_per_worker']} images a worker a step) | {two:.2f} images/s | 1 worker on 1 core: "
-            f"{one:.2f} images/s | scaling efficiency {100 * r['efficiency']:.0f}% |"]
+    rows = []
+    for size in r["sizes"]:
+        (h, w), one, two = size["sides"], size["images_per_s"]["1"], size["images_per_s"]["2"]
+        rows.append(f"| Training on 2 workers (JAX, 127.0.0.1, 1 core each; {r['backbone']} at {h}/{w}, "
+                    f"{r['batch_per_worker']} images a worker a step) | {two:.3f} images/s | 1 worker on 1 core: "
+                    f"{one:.3f} images/s | scaling efficiency {100 * size['efficiency']:.0f}% |")
+    reduce = r["all_reduce"]
+    rows.append(f"| All-reduce of the gradient ({reduce['floats']:,} float32, gloo, 2 pinned processes) | "
+                f"{reduce['seconds']:.3f} s a step | | the 2-worker step's fixed cost |")
+    return rows
 
 
 def _serve(r: dict) -> list[str]:
@@ -338,7 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         report = OUT / "BENCHMARKS.partial.md"
         print(f"BENCHMARKS.md kept: no results of {', '.join(missing)} in {OUT} (make bench runs them all); "
               f"these results are in {report}", file=sys.stderr)
+    # make bench-scale's section (an hour's run) stays: from its result here, else as the report had it
+    from bench.full_scale import SECTION, section
+
+    full_scale = OUT / "full_scale.json"
+    kept = section(json.loads(full_scale.read_text())) if full_scale.exists() else read_section(report, SECTION)
     report.write_text("\n".join(lines) + "\n")
+    if kept:
+        replace_section(report, SECTION, kept)
     print("\n".join(lines))
     return 0
 
