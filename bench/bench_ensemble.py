@@ -1,10 +1,11 @@
 """Benchmark: stage 6 ensembling of two models' prediction caches (5,000 images by default).
 
-Caches are generated like RetinaNet output on Open Images: per image a pool of responses (a few objects, each
-seen under its true class and some confusable ones, and many weak responses to background, labelled mostly
-with frequent classes), of which each model row sees about 70% with jittered boxes and varied scores, as
-the mirrored image and a second model respond to the same content; up to 300 detections per row (the
-model's limit, reached by about a third of the rows), scores sorted and >= 0.05, the mirrored image as row 1.
+Caches are generated like RetinaNet output on Open Images (`oid_retinanet.demo.full_size.write_caches`): per
+image a pool of responses (a few objects, each seen under its true class and some confusable ones, and many weak
+responses to background, labelled mostly with frequent classes), of which each model row sees about 70% with
+jittered boxes and varied scores, as the mirrored image and a second model respond to the same content; up to 300
+detections per row (the model's limit, reached by about a third of the rows), scores sorted and >= 0.05, the
+mirrored image as row 1.
 
 Two comparisons, each against a baseline run in the same benchmark run:
 - `avg` (the original's merge): our script as a user runs it (a whole process: start-up, reading the
@@ -36,84 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine_info, write_result  # noqa: E402
+from oid_retinanet.demo.full_size import write_caches  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-N_CLASSES = 443
-MAX_DETECTIONS = 300
-
-
-# ---- synthetic caches -------------------------------------------------------------------------------------
-
-def _image_pool(rng: np.random.Generator, class_p: np.ndarray, confusable: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the models respond to in one image: (boxes (K, 4), labels (K,), base scores (K,)).
-
-    A few objects, each seen under its class (high score) and some confusable classes (lower scores) at
-    slightly shifted boxes, and many weak responses to background, labelled mostly with frequent classes.
-    """
-    n_obj = min(int(rng.geometric(1 / 8)), 40)
-    xy = rng.random((n_obj, 2)) * 0.8
-    wh = np.exp(rng.uniform(np.log(0.05), np.log(0.9), (n_obj, 2)))
-    objects = np.hstack([xy, np.minimum(xy + wh, 1.02)])
-    true = rng.choice(N_CLASSES, n_obj, p=class_p)
-    boxes, labels, scores = [], [], []
-    for obj, lab in zip(objects, true):
-        strength = rng.beta(4, 2)
-        for k, cls in enumerate([lab, *confusable[lab]]):
-            n = int(rng.integers(1, 3))
-            boxes.append(obj + rng.normal(0, 0.05, (n, 4)) * np.tile(obj[2:] - obj[:2], 2))
-            labels.append(np.full(n, cls))
-            scores.append(strength * rng.uniform(0.3, 1.0, n) * (0.9 if k == 0 else 0.3))
-    n_bg = int(rng.integers(200, 700))
-    xy = rng.random((n_bg, 2)) * 0.9
-    wh = np.exp(rng.uniform(np.log(0.02), np.log(0.7), (n_bg, 2)))
-    boxes.append(np.hstack([xy, xy + wh]))
-    labels.append(rng.choice(N_CLASSES, n_bg, p=class_p))
-    scores.append(0.03 + rng.exponential(0.06, n_bg))
-    return np.vstack(boxes), np.concatenate(labels), np.concatenate(scores)
-
-
-def _detections(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray, np.ndarray], mirrored: bool
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One row of model output (boxes (300, 4), scores, labels, -1 padded): each pool response seen with
-    probability 0.7, its box jittered and its score varied; then scores >= 0.05, best 300, sorted."""
-    boxes, labels, base = pool
-    seen = rng.random(len(labels)) < 0.7
-    b = boxes[seen]
-    b = b + rng.normal(0, 0.03, b.shape) * np.tile(b[:, 2:] - b[:, :2], 2)
-    s = base[seen] * rng.lognormal(0, 0.25, int(seen.sum()))
-    lab = labels[seen]
-    keep = s >= 0.05
-    b, s, lab = b[keep], s[keep], lab[keep]
-    order = np.argsort(-s, kind="stable")[:MAX_DETECTIONS]
-    b, s, lab = b[order], s[order], lab[order]
-    if mirrored:  # the mirrored image's own coordinates
-        b = np.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], axis=1)
-    out_b = np.full((MAX_DETECTIONS, 4), -1, dtype=np.float32)
-    out_s = np.full(MAX_DETECTIONS, -1, dtype=np.float32)
-    out_l = np.full(MAX_DETECTIONS, -1, dtype=np.int32)
-    out_b[:len(b)], out_s[:len(s)], out_l[:len(lab)] = b, np.minimum(s, 1.0), lab
-    return out_b, out_s, out_l
-
-
-def make_caches(folder: Path, n_images: int, n_models: int, seed: int = 0) -> list[Path]:
-    """Write n_models cache folders of n_images images each; returns the folders."""
-    from oid_retinanet.predict.cache import cache_file, write_cache
-
-    rng = np.random.default_rng(seed)
-    class_p = 1.0 / np.arange(1, N_CLASSES + 1) ** 1.1
-    class_p /= class_p.sum()
-    confusable = rng.choice(N_CLASSES, (N_CLASSES, 3), p=class_p)
-    dirs = [folder / f"model_{m}" for m in range(n_models)]
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-    for _ in range(n_images):
-        image_id = f"{rng.integers(0, 2**63):016x}"
-        pool = _image_pool(rng, class_p, confusable)
-        for d in dirs:
-            rows = [_detections(rng, pool, mirrored=r == 1) for r in range(2)]
-            write_cache(cache_file(d, image_id), *(np.stack([row[k] for row in rows]) for k in range(3)))
-    return dirs
 
 
 # ---- baseline 1: the original's merge, per box in Python ----------------------------------------------------
@@ -308,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_root = work / f"caches_{args.images}"
     if not (cache_root / "model_1").is_dir() or len(glob.glob(str(cache_root / "model_1" / "*.npz"))) < args.images:
         print(f"generating caches of {args.images} images x 2 models in {cache_root} ...", flush=True)
-        make_caches(cache_root, args.images, 2)
+        write_caches(cache_root, args.images, 2)
     dirs = [cache_root / "model_0", cache_root / "model_1"]
     classes = levels_2018(read_class_descriptions(resource_path("class-descriptions-boxable.csv")))["1"].classes
     labels_file = work / "labels.csv"

@@ -8,8 +8,9 @@ cores); `--fraction 0.01` runs the same at 1% for a quick look (printed only). T
 (`--keep` keeps it; a kept set of the same size and generator is reused).
 
 Stages measured so far: stage 1 (2018 levels 1-5 + low samples; the 2019 levels 1-7), stage 2 (20 k and
-200 k files, a run killed half way), the training generator's index and one epoch's draw. The others are listed as
-not measured yet.
+200 k files, a run killed half way), the training generator's index and one epoch's draw, stage 4's --from-cache
+CSVs and stage 6 (avg and wbf, from caches and from CSVs) on 3 models' caches of the test set. The others are
+listed as not measured yet.
 """
 
 from __future__ import annotations
@@ -57,17 +58,47 @@ def make_dataset(root: Path, fraction: float) -> dict:
     return rows
 
 
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants now, in MB (from /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total / 1024
+
+
 def measure(argv: list[str], log: Path) -> dict:
-    """Wall seconds and peak RSS (MB) of one process running `argv` (its output in `log`)."""
+    """Wall seconds and peak RSS (MB) of one process running `argv` (its output in `log`): `peak_rss_mb` its
+    largest process's (exact, from the kernel), `peak_tree_rss_mb` the sum over it and its worker processes
+    (sampled every 0.2 s)."""
+    import threading
+
     t = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        peak, done = [0.0], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.2):
+                peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        done.set()
+        sampler.join()
     seconds = time.perf_counter() - t
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{' '.join(argv[:3])} failed (exit {code}): see {log}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "peak_tree_rss_mb": peak[0]}
 
 
 def csv_rows(paths: list[Path]) -> int:
@@ -236,7 +267,63 @@ def stage3_index(work: Path) -> list[dict]:
              "bounds": "index <= 60 s and <= 4 GB, a draw of 100,000 batches <= 5 s"}]
 
 
+ENSEMBLE_MODELS = 3
+
+
+def stage6(work: Path, fraction: float) -> list[dict]:
+    """Ensembling 3 models' predictions of the test set (99,999 images, up to 300 boxes a row, each image and its
+    mirror) with avg and wbf, from the caches and from the models' CSVs (stage 4's --from-cache writes them)."""
+    import multiprocessing
+
+    import numpy as np
+
+    from oid_retinanet.demo import full_size as fs
+    from oid_retinanet.oid.classes import read_class_descriptions, write_class_descriptions
+    from oid_retinanet.oid.levels import levels_2018
+    from oid_retinanet.resources import resource_path
+
+    n = max(200, round(fs.TEST_IMAGES * fraction))
+    caches = work / "caches"
+    labels = work / "labels_level_1.csv"
+    level1 = levels_2018(read_class_descriptions(resource_path("class-descriptions-boxable.csv")))["1"]
+    write_class_descriptions(str(labels), level1.classes)
+    print(f"stage 6: caches of {n:,} images x {ENSEMBLE_MODELS} models", flush=True)
+    t = time.perf_counter()
+    parts = np.array_split(fs.image_ids(n, np.random.default_rng(6)), 2)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        dirs = pool.starmap(fs.write_caches, [(str(caches), len(part), ENSEMBLE_MODELS, 10 + k, fs.CACHE_CLASSES,
+                                               part) for k, part in enumerate(parts)])[0]
+    print(f"  written in {time.perf_counter() - t:.0f} s, {disk_mb(caches) / 1024:.1f} GB", flush=True)
+    rows = []
+    csvs = [work / f"model_{m}.csv" for m in range(ENSEMBLE_MODELS)]
+    runs = []
+    for d, out in zip(dirs, csvs):
+        runs.append(measure([sys.executable, "retinanet_inference_example.py", "--from-cache", "--cache-dir", d,
+                             "--labels", str(labels), "--output", str(out)], work / f"{out.stem}.log"))
+        print(f"  stage 4 --from-cache {out.name}: {runs[-1]['seconds']:.0f} s", flush=True)
+    slowest = max(runs, key=lambda r: r["seconds"])
+    rows.append({"stage": "stage 4", "what": "--from-cache: the CSV of one model's cache (the slowest of 3)",
+                 "images": n, "ours": {**slowest, "peak_tree_rss_mb": max(r["peak_tree_rss_mb"] for r in runs)},
+                 "bounds": "<= 2x pandas writing the same CSV"})
+    for source, inputs in (("caches", ["--cache-dirs", *dirs]), ("CSVs", ["--csvs", *map(str, csvs)])):
+        for kind in ("avg", "wbf"):
+            out = work / f"ensemble_{kind}_{source}.csv"
+            ours = measure([sys.executable, "ensemble_predictions_with_weighted_method.py", *inputs, "--labels",
+                            str(labels), "--type", kind, "--output", str(out)], work / f"{out.stem}.log")
+            print(f"  {kind} from {source}: {ours['seconds']:.0f} s, peak {ours['peak_tree_rss_mb']:.0f} MB "
+                  "(all processes)", flush=True)
+            rows.append({"stage": "stage 6", "what": f"{kind} from the {source}", "images": n,
+                         "models": ENSEMBLE_MODELS, "ours": ours, "bounds": "<= 10 min, <= 2 GB"})
+            out.unlink()
+    return rows
+
+
 def _stage_row(r: dict) -> str:
+    if r["stage"] in ("stage 4", "stage 6"):
+        o = r["ours"]
+        models = f" x {r['models']} models" if "models" in r else ""
+        return (f"| {r['stage']}: {r['what']} | {r['images']:,} images{models} | {o['seconds']:.0f} s, "
+                f"{o['peak_tree_rss_mb'] / 1024:.2f} GB (all processes) | | | {r['bounds']} |")
     if r["stage"] == "stage 3":
         return (f"| stage 3: the training generator (`load_level_data`, per-class lists; level 1) | {r['images']:,} "
                 f"images, {r['boxes']:,} boxes | index {r['index_seconds']:.0f} s, {r['peak_rss_mb'] / 1024:.2f} GB; "
@@ -266,8 +353,8 @@ def section(result: dict) -> list[str]:
              "| Stage | Input | Wall time, peak RSS, disk written | Baseline | Ratio | Bounds |",
              "| --- | --- | --- | --- | --- | --- |"]
     lines += [_stage_row(r) for r in result["stages"]]
-    lines += ["", "Not measured yet: the training generator's images/s at 768x1024, stage 4's "
-              "bookkeeping, stage 5, stage 6 and the official mAP at full size (issue 28)."]
+    lines += ["", "Not measured yet (issue 28): the training generator's images/s at 768x1024, stage 4's listing "
+              "for resume and its pandas baseline, stage 5, the 2019 helpers, the official mAP, stage 6's baseline."]
     return lines
 
 
@@ -292,17 +379,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generating Open Images at {args.fraction:g} of its counts in {data}", flush=True)
     generated(work / "dataset.stamp.json", make_dataset, data, args.fraction)
     print(f"  {disk_mb(data) / 1024:.1f} GB", flush=True)
+    result = {"fraction": args.fraction, "stages": [], "machine": machine_info()}
     try:
-        stages = stage1(work, data) + stage2(work, args.fraction) + stage3_index(work)
+        for stage in (lambda: stage1(work, data), lambda: stage2(work, args.fraction), lambda: stage3_index(work),
+                      lambda: stage6(work, args.fraction)):
+            result["stages"] += stage()
+            if args.fraction == 1:  # after each stage (an interrupted run keeps what it measured); a quick look
+                # at a fraction leaves the report's full-size figures alone
+                write_result(args.out_dir, "full_scale", result)
+                replace_section(REPO / "BENCHMARKS.md", SECTION, section(result))
     finally:
         used = disk_mb(work) / 1024
         if not args.keep:
             shutil.rmtree(work)
         print(f"disk used: {used:.1f} GB ({'kept in ' + str(work) if args.keep else 'removed'})")
-    result = {"fraction": args.fraction, "stages": stages, "machine": machine_info()}
-    if args.fraction == 1:  # a quick look at a fraction leaves the report's full-size figures alone
-        write_result(args.out_dir, "full_scale", result)
-        replace_section(REPO / "BENCHMARKS.md", SECTION, section(result))
     print("\n".join(section(result)))
     return 0
 

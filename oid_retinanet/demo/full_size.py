@@ -143,3 +143,84 @@ def write_images(folder: str, ids: np.ndarray, seed: int = 0, subfolders: bool =
             made.add(sub)
         with open(os.path.join(sub, image_id + ".jpg"), "wb") as f:
             f.write(templates[k] + image_id.encode())
+
+
+# ---- prediction caches: what RetinaNet's stage 4 writes for each image ----------------------------------------
+CACHE_CLASSES = 443  # the 2018 level-1 model's outputs
+MAX_DETECTIONS = 300
+
+
+def detection_pool(rng: np.random.Generator, class_p: np.ndarray, confusable: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the models respond to in one image: (boxes (K, 4) normalised x1 y1 x2 y2, labels (K,), base scores).
+
+    A few objects, each seen under its class (high score) and some confusable classes (lower scores) at slightly
+    shifted boxes, and many weak responses to background, labelled mostly with frequent classes."""
+    n_classes = len(class_p)
+    n_obj = min(int(rng.geometric(1 / 8)), 40)
+    xy = rng.random((n_obj, 2)) * 0.8
+    wh = np.exp(rng.uniform(np.log(0.05), np.log(0.9), (n_obj, 2)))
+    objects = np.hstack([xy, np.minimum(xy + wh, 1.02)])
+    true = rng.choice(n_classes, n_obj, p=class_p)
+    boxes, labels, scores = [], [], []
+    for obj, lab in zip(objects, true):
+        strength = rng.beta(4, 2)
+        for k, cls in enumerate([lab, *confusable[lab]]):
+            n = int(rng.integers(1, 3))
+            boxes.append(obj + rng.normal(0, 0.05, (n, 4)) * np.tile(obj[2:] - obj[:2], 2))
+            labels.append(np.full(n, cls))
+            scores.append(strength * rng.uniform(0.3, 1.0, n) * (0.9 if k == 0 else 0.3))
+    n_bg = int(rng.integers(200, 700))
+    xy = rng.random((n_bg, 2)) * 0.9
+    wh = np.exp(rng.uniform(np.log(0.02), np.log(0.7), (n_bg, 2)))
+    boxes.append(np.hstack([xy, xy + wh]))
+    labels.append(rng.choice(n_classes, n_bg, p=class_p))
+    scores.append(0.03 + rng.exponential(0.06, n_bg))
+    return np.vstack(boxes), np.concatenate(labels), np.concatenate(scores)
+
+
+def model_output(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray, np.ndarray], mirrored: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row of model output (boxes (300, 4), scores, labels, -1 padded): each pool response seen with
+    probability 0.7, its box jittered and its score varied; then scores >= 0.05, best 300, sorted. `mirrored`:
+    in the flipped image's own coordinates."""
+    boxes, labels, base = pool
+    seen = rng.random(len(labels)) < 0.7
+    b = boxes[seen]
+    b = b + rng.normal(0, 0.03, b.shape) * np.tile(b[:, 2:] - b[:, :2], 2)
+    s = base[seen] * rng.lognormal(0, 0.25, int(seen.sum()))
+    lab = labels[seen]
+    keep = s >= 0.05
+    b, s, lab = b[keep], s[keep], lab[keep]
+    order = np.argsort(-s, kind="stable")[:MAX_DETECTIONS]
+    b, s, lab = b[order], s[order], lab[order]
+    if mirrored:
+        b = np.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], axis=1)
+    out_b = np.full((MAX_DETECTIONS, 4), -1, dtype=np.float32)
+    out_s = np.full(MAX_DETECTIONS, -1, dtype=np.float32)
+    out_l = np.full(MAX_DETECTIONS, -1, dtype=np.int32)
+    out_b[:len(b)], out_s[:len(s)], out_l[:len(lab)] = b, np.minimum(s, 1.0), lab
+    return out_b, out_s, out_l
+
+
+def write_caches(folder: str | os.PathLike, n_images: int, n_models: int, seed: int = 0,
+                 n_classes: int = CACHE_CLASSES, ids: np.ndarray | None = None) -> list[str]:
+    """`n_models` prediction cache folders (`folder/model_<m>/`, stage 4's per-image .npz: the image and its mirror
+    as rows 0 and 1, up to 300 detections each, about a third of the rows full) of the same `n_images` images,
+    the models seeing the same content differently; returns the folders. `ids`: the ImageIDs (default: drawn)."""
+    from oid_retinanet.predict.cache import cache_file, write_cache
+
+    rng = np.random.default_rng(seed)
+    class_p = 1.0 / np.arange(1, n_classes + 1) ** 1.1
+    class_p /= class_p.sum()
+    confusable = rng.choice(n_classes, (n_classes, 3), p=class_p)
+    dirs = [os.path.join(folder, f"model_{m}") for m in range(n_models)]
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    for k in range(n_images):
+        image_id = f"{rng.integers(0, 2**63):016x}" if ids is None else ids[k]
+        pool = detection_pool(rng, class_p, confusable)
+        for d in dirs:
+            rows = [model_output(rng, pool, mirrored=r == 1) for r in range(2)]
+            write_cache(cache_file(d, image_id), *(np.stack([row[k] for row in rows]) for k in range(3)))
+    return dirs
