@@ -74,15 +74,30 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+# Runs a command as its child and writes the child's peak RSS (KB) to a file. The kernel starts a new process's
+# ru_maxrss at its parent's resident size when it forked: from this small launcher, not from the benchmark's
+# process, which holds the generated tables.
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(argv: list[str], log: Path) -> dict:
     """Wall seconds and peak RSS (MB) of one process running `argv` (its output in `log`): `peak_rss_mb` its
-    largest process's (exact, from the kernel), `peak_tree_rss_mb` the sum over it and its worker processes
+    main process's (exact, from the kernel), `peak_tree_rss_mb` the sum over it and its worker processes
     (sampled every 0.2 s)."""
     import threading
 
+    rss_file = log.with_suffix(".maxrss")
     t = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(rss_file), *argv], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO)
         peak, done = [0.0], threading.Event()
 
         def sample() -> None:
@@ -91,14 +106,15 @@ def measure(argv: list[str], log: Path) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = proc.wait()
         done.set()
         sampler.join()
     seconds = time.perf_counter() - t
-    code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{' '.join(argv[:3])} failed (exit {code}): see {log}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "peak_tree_rss_mb": peak[0]}
+    peak_kb = int(rss_file.read_text())
+    rss_file.unlink()
+    return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024, "peak_tree_rss_mb": peak[0]}
 
 
 def csv_rows(paths: list[Path]) -> int:

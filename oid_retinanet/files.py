@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,31 +35,58 @@ def _process_start(pid: int) -> float | None:
         return float("-inf")  # running, start unknown: assume it may be writing
 
 
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?P<suffix>.*)$")  # atomic_path's temporary names
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of atomic_path's temporaries (left by a killed run when no process writes it)."""
+    return bool(_TEMPORARY.match(name))
+
+
+def _remove_if_stale(tmp: Path, pid: int) -> None:
+    """Remove a temporary of process `pid` if that process is gone, or if its id now belongs to a process started
+    after the file was last written."""
+    if pid == os.getpid():
+        return
+    started = _process_start(pid)
+    with contextlib.suppress(FileNotFoundError):
+        if started is None or started > tmp.stat().st_mtime:
+            tmp.unlink()
+            log.info("removed %s, left by an interrupted run (process %s)", tmp, pid)
+
+
 def remove_stale_temporaries(final: Path, suffix: str = "") -> None:
-    """Remove the temporaries of `final` (`.<name>.tmp<pid><suffix>`) that a killed run left: those whose
-    process is gone, or whose process id now belongs to a process started after the file was last written."""
+    """Remove the temporaries of `final` (`.<name>.tmp<pid><suffix>`) that a killed run left."""
     prefix = f".{final.name}.tmp"
     for tmp in final.parent.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
         pid = tmp.name[len(prefix):len(tmp.name) - len(suffix)]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        started = _process_start(int(pid))
-        with contextlib.suppress(FileNotFoundError):
-            if started is None or started > tmp.stat().st_mtime:
-                tmp.unlink()
-                log.info("removed %s, left by an interrupted run (process %s)", tmp, pid)
+        if pid.isdigit():
+            _remove_if_stale(tmp, int(pid))
+
+
+def remove_stale_temporaries_in(folder: str | os.PathLike) -> None:
+    """Remove every temporary a killed run left in `folder`, in one listing: for folders that get many files, each
+    written with `atomic_path(..., clean=False)` (a listing per file would make writing n files O(n^2))."""
+    if not os.path.isdir(folder):
+        return
+    with os.scandir(folder) as entries:
+        stale = [(Path(e.path), int(m["pid"])) for e in entries if (m := _TEMPORARY.match(e.name)) and e.is_file()]
+    for tmp, pid in stale:
+        _remove_if_stale(tmp, pid)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "", clean: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to `path` (ending in `suffix`, for writers that look at it); on success it
-    replaces `path`, on error it is removed. Temporaries of `path` that a killed run left are removed first.
+    replaces `path`, on error it is removed. Temporaries of `path` that a killed run left are removed first
+    (`clean`; a writer of many files into one folder cleans it once with `remove_stale_temporaries_in` instead).
 
     An interrupted run never leaves a half-written file under the final name.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final, suffix)
+    if clean:
+        remove_stale_temporaries(final, suffix)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}{suffix}")
     try:
         yield tmp

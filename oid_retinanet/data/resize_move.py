@@ -21,7 +21,6 @@ import csv
 import errno
 import logging
 import os
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -31,13 +30,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path, check_settings
+from oid_retinanet.files import atomic_path, check_settings, is_temporary, remove_stale_temporaries_in
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = ".resize_move_settings.json"  # what the destination's resized files were made with
 STATUSES = ("moved", "copied", "resized", "skipped", "failed")
-_TEMP_NAME = re.compile(r"^\..+\.tmp\d+$")  # atomic_path's temporary names, left by a killed run
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,7 @@ def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int
 
 
 def _copy_atomic(src: str, dst: str) -> None:
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst, clean=False) as tmp:  # plan_transfers cleaned the folder once
         shutil.copy2(src, tmp)
 
 
@@ -132,7 +130,7 @@ def resize_image(src: str, dst: str, max_side: int, quality: int = 95) -> bool:
         options["quality"] = quality
         if info.get("exif"):
             options["exif"] = info["exif"]
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst, clean=False) as tmp:
         small.save(tmp, format=fmt, **options)
     return True
 
@@ -163,6 +161,7 @@ def plan_transfers(sources: Sequence[str], dst: str) -> tuple[list[Task], list[R
     """(tasks, skipped): one task per plain file of the source folders, in name order; names present at the
     destination, or taken by an earlier source, are skipped up front."""
     dst_real = os.path.realpath(dst)
+    remove_stale_temporaries_in(dst)  # once: each file is then written without a listing of its own
     present = set(os.listdir(dst)) if os.path.isdir(dst) else set()
     tasks: list[Task] = []
     skipped: list[Result] = []
@@ -177,7 +176,7 @@ def plan_transfers(sources: Sequence[str], dst: str) -> tuple[list[Task], list[R
             if not entry.is_file():
                 folders += entry.is_dir()
                 continue
-            if _TEMP_NAME.match(entry.name) or entry.name == SETTINGS_FILE:
+            if is_temporary(entry.name) or entry.name == SETTINGS_FILE:
                 continue
             if entry.name in present:
                 skipped.append(Result(entry.path, "skipped", "present at the destination"))

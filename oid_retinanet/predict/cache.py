@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path, check_settings
+from oid_retinanet.files import atomic_path, check_settings, remove_stale_temporaries_in
 from oid_retinanet.oid.classes import (
     CLASSES_FILE,
     ClassList,
@@ -121,7 +121,7 @@ def write_cache(path: str | os.PathLike, boxes: np.ndarray, scores: np.ndarray, 
     scores = np.asarray(scores, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int32)
     check_arrays(boxes, scores, labels, str(path))
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, clean=False) as tmp, open(tmp, "wb") as f:  # callers clean the folder once
         np.savez(f, boxes=boxes, scores=scores, labels=labels)
 
 
@@ -309,6 +309,7 @@ def unpack_to_dir(packed: str | os.PathLike, cache_dir: str | os.PathLike) -> li
     """Write every image of a packed cache file as its own cache file in `cache_dir`; returns the ImageIds."""
     ids, boxes, scores, labels = read_packed(packed)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries_in(cache_dir)
     for n, image_id in enumerate(ids):
         write_cache(cache_file(cache_dir, image_id), boxes[n], scores[n], labels[n])
     return ids

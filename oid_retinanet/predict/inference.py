@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from oid_retinanet.data.preprocess import prepare_image, read_image_bgr
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path, atomic_write_text
+from oid_retinanet.files import atomic_path, atomic_write_text, remove_stale_temporaries_in
 from oid_retinanet.predict.cache import FAILURES_FILE, cache_file, read_cache, write_cache
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ def predict_images(model, paths: Sequence[str | os.PathLike], cache_dir: str | o
         raise ValueError(f"batch_size and workers must be positive, got {batch_size}, {workers}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries_in(cache_dir)
     paths = [Path(p) for p in paths]
     _check_unique_ids(paths)
     report = InferenceReport(images=len(paths))
