@@ -19,7 +19,7 @@ ALLOWED = {
     "train": BASE | {"oid", "boxes", "data", "model", "evaluate"},
     "stages": BASE | {"oid", "boxes", "data", "model", "predict", "evaluate", "train"},
     "serve": BASE | {"oid", "boxes", "data", "model", "predict"},
-    "demo": BASE | {"oid"},
+    "demo": BASE | {"oid", "predict"},
 }
 NO_KERAS = {"errors", "files", "resources", "cli", "oid", "boxes", "evaluate", "stages"}
 
