@@ -346,22 +346,34 @@ def write_level_files(specs: list[LevelSpec], inputs: dict[str, dict[str, str]],
                       ) -> list[LevelSummary]:
     """Write each level's class-description file and one annotation file per subset.
 
-    inputs: level key -> {subset: annotation CSV path}; each distinct path is read once with `read`.
-    Files go to `output_dir/level_KEY_files/`, each written under a temporary name and renamed when complete.
+    inputs: level key -> {subset: annotation CSV path}; each distinct path is read once with `read`, and let go
+    after the last level that reads it: levels sharing an input are written one after the other (the 2018 set's
+    level 1 and low samples read the 2019 file, levels 2-5 the v4 one), so at full size one input is held at a
+    time. Files go to `output_dir/level_KEY_files/`, each written under a temporary name and renamed when
+    complete. The summaries come back in the order of `specs`.
     """
+    def paths(i: int) -> set[str]:
+        return set(inputs[specs[i].key].values())
+
+    order = sorted(range(len(specs)), key=lambda i: next(j for j in range(len(specs)) if paths(j) & paths(i)))
+    last_use = {path: n for n, i in enumerate(order) for path in paths(i)}
     frames: dict[str, pd.DataFrame] = {}
-    summaries = []
-    for spec in tqdm(specs, desc="levels", unit="level", disable=len(specs) < 2):
-        built = {}
+    summaries: dict[int, list[LevelSummary]] = {}
+    for n, i in enumerate(tqdm(order, desc="levels", unit="level", disable=len(specs) < 2)):
+        spec, built = specs[i], {}
         for subset, path in inputs[spec.key].items():  # read and check everything before writing anything
             if path not in frames:
                 log.info("reading %s", path)
                 frames[path] = read(path)
             built[subset] = build_level(frames[path], spec, hierarchy, source=path, subset=subset)
+        for path in [p for p in frames if last_use[p] == n]:
+            del frames[path]
         write_class_descriptions(level_class_file(output_dir, spec.key), spec.classes)
+        summaries[i] = []
         for subset, rows in built.items():
             target = level_file(output_dir, spec.key, subset)
             rows.write_csv(target)
             log.info("%s -> %s", rows.summary.line(), target)
-            summaries.append(rows.summary)
-    return summaries
+            summaries[i].append(rows.summary)
+        del built
+    return [summary for i in range(len(specs)) for summary in summaries[i]]
