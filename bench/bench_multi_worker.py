@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,19 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.bench_train import make_level  # noqa: E402
-from bench.common import machine_info, write_result  # noqa: E402
+from bench.common import free_ports, machine_info, write_result  # noqa: E402
 
 SCRIPT = REPO / "retinanet_training_level_1" / "train_oid_level_1_resnet50.py"
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def run(level: dict, work: Path, workers: int, epochs: int, steps: int, sides: tuple[int, int]) -> float:

@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import platform
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,3 +115,14 @@ def replace_section(report: Path, title: str, lines: list[str]) -> None:
     else:
         text = [*text[:span[0]], *lines, *([""] if span[1] < len(text) else []), *text[span[1]:]]
     report.write_text("\n".join(text) + "\n")
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` TCP ports free on 127.0.0.1 now (for the processes of a local cluster)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.common import free_ports
 from tests.train_helpers import make_tiny_level
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,16 +31,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def level(tmp_path_factory):
     return make_tiny_level(tmp_path_factory.mktemp("multi_worker"))
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def command(level, snapshots: Path, *extra: str) -> list[str]:

@@ -217,8 +217,8 @@ def write_caches(folder: str | os.PathLike, n_images: int, n_models: int, seed: 
     dirs = [os.path.join(folder, f"model_{m}") for m in range(n_models)]
     for d in dirs:
         os.makedirs(d, exist_ok=True)
-    for k in range(n_images):
-        image_id = f"{rng.integers(0, 2**63):016x}" if ids is None else ids[k]
+    for n in range(n_images):
+        image_id = f"{rng.integers(0, 2**63):016x}" if ids is None else ids[n]
         pool = detection_pool(rng, class_p, confusable)
         for d in dirs:
             rows = [model_output(rng, pool, mirrored=r == 1) for r in range(2)]
