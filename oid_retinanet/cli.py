@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from oid_retinanet.errors import OIDInputError
+from oid_retinanet.files import is_disk_full
 
 EXIT_USER_ERROR = 2
 
@@ -70,6 +71,12 @@ def script_main(func: Callable[..., int]) -> Callable[..., int]:
             return func(argv)
         except (OIDInputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
             print(f"error: {_describe(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except OSError as exc:
+            if not is_disk_full(exc):  # a write outside an atomic output (a resumable stage's .partial file)
+                raise
+            print(f"error: no space left on the device{': ' + str(exc.filename) if exc.filename else ''}",
+                  file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
             print(f"{prog}: interrupted; finished outputs are kept, unfinished ones were not written",

@@ -13,3 +13,12 @@ class OIDInputError(ValueError):
         if path is not None:
             where = f"{path}, row {row}: " if row is not None else f"{path}: "
         super().__init__(where + message)
+
+
+class DiskFullError(OIDInputError):
+    """The disk (or the user's quota) filled up while an output was being written: names that output, whose
+    unfinished file is removed."""
+
+    def __init__(self, path: str):
+        super().__init__("no space left on the device; the unfinished file was removed (free some space and run "
+                         "again)", path)

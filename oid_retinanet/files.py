@@ -5,6 +5,7 @@ whose name ends in `.gz` are read and written gzip-compressed, alike everywhere 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import gzip
 import io
@@ -16,7 +17,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from oid_retinanet.errors import OIDInputError
+from oid_retinanet.errors import DiskFullError, OIDInputError
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,19 @@ def remove_stale_temporaries_in(folder: str | os.PathLike) -> None:
         _remove_if_stale(tmp, pid)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """A write that failed for lack of space (ENOSPC, or EDQUOT: the user's quota)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "", clean: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to `path` (ending in `suffix`, for writers that look at it); on success it
     replaces `path`, on error it is removed. Temporaries of `path` that a killed run left are removed first
     (`clean`; a writer of many files into one folder cleans it once with `remove_stale_temporaries_in` instead).
 
-    An interrupted run never leaves a half-written file under the final name.
+    An interrupted run never leaves a half-written file under the final name; a full disk raises DiskFullError
+    naming `path` (one line and exit 2 from a script).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +98,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", clean: bool = True) -
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(str(final) if exc.filename in (None, str(tmp)) else exc.filename) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -3,6 +3,7 @@ tail and the flag rates; stage 1's reader takes its files as it takes the offici
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -59,3 +60,57 @@ def test_a_scaled_box_file(challenge_mids, tmp_path):
     df.to_csv(path, index=False)
     read = read_boxes(str(path), read_class_descriptions(resource_path("challenge-2018-class-descriptions-500.csv")))
     assert len(read) == len(df)
+
+
+def test_the_dataset_files_are_laid_out_as_stage_1_reads_them(tmp_path):
+    rows = fs.write_dataset(tmp_path, 0.0001)
+    assert rows == {"annotations/train-annotations-bbox.csv": fs.V4_TRAIN.scaled(0.0001).boxes,
+                    "challenge-2019-train-detection-bbox.csv": fs.CHALLENGE_2019_TRAIN.scaled(0.0001).boxes,
+                    "annotations/validation-annotations-bbox.csv": fs.CHALLENGE_2019_VALIDATION.scaled(0.0001).boxes,
+                    "challenge-2019-validation-detection-bbox.csv": fs.CHALLENGE_2019_VALIDATION.scaled(0.0001).boxes}
+    v4, c2019 = (read_boxes(str(tmp_path / name)) for name in list(rows)[:2])
+    assert set(v4["ImageID"]) == set(c2019["ImageID"])  # the same images in both files
+
+
+@pytest.fixture(scope="module")
+def validation(challenge_mids):
+    return fs.box_table(fs.BoxFileSpec(images=200, boxes=1400, classes=500), challenge_mids, seed=9)
+
+
+def test_image_labels_verify_each_images_box_classes_and_a_few_absent_ones(validation, challenge_mids):
+    labels = fs.image_labels(validation, challenge_mids)
+    assert list(labels.columns) == ["ImageID", "Source", "LabelName", "Confidence"]
+    assert not labels.duplicated(["ImageID", "LabelName"]).any()
+    positive = labels[labels["Confidence"] == 1]
+    assert set(zip(positive["ImageID"], positive["LabelName"])) == set(zip(validation["ImageID"],
+                                                                           validation["LabelName"]))
+    negative = labels[labels["Confidence"] == 0]
+    assert negative.groupby("ImageID").size().between(1, fs.NEGATIVE_LABELS).all()
+    assert len(negative["ImageID"].unique()) == validation["ImageID"].nunique()
+
+
+def test_a_submission_finds_most_true_boxes_among_its_300(validation, challenge_mids, tmp_path):
+    from oid_retinanet.boxes.iou import pairwise_iou
+    from oid_retinanet.oid.predictions import iter_predictions
+
+    path = tmp_path / "submission.csv"
+    assert fs.write_submission(path, validation, challenge_mids, chunk=64) == 200
+    rows = list(iter_predictions(str(path)))
+    assert sorted(r.image_id for r in rows) == sorted(validation["ImageID"].unique())
+    assert all(len(r.mids) == fs.MAX_DETECTIONS for r in rows)
+    found = 0
+    for r in rows:  # a true box is found: a prediction of its class over it (IoU >= 0.5)
+        gt = validation[validation["ImageID"] == r.image_id]
+        iou = pairwise_iou(gt[["XMin", "YMin", "XMax", "YMax"]].to_numpy(), r.boxes)
+        same = gt["LabelName"].to_numpy()[:, None] == np.asarray(r.mids)[None, :]
+        found += int(((iou >= 0.5) & same).any(axis=1).sum())
+    assert 0.7 <= found / len(validation) <= 0.9  # 0.8 drawn, jittered by 5% of the box
+
+
+def test_photos_are_open_images_sized_jpegs(tmp_path):
+    import cv2
+
+    paths = fs.write_photos(str(tmp_path), 4)
+    shapes = [cv2.imread(p).shape for p in paths]
+    assert shapes == [(1024, 768, 3), (768, 1024, 3), (768, 1024, 3), (768, 1024, 3)]
+    assert all(100_000 < os.path.getsize(p) < 400_000 for p in paths)

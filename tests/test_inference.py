@@ -41,6 +41,7 @@ from oid_retinanet.predict.inference import (  # noqa: E402
     model_num_classes,
     predict_images,
     shard,
+    uncached,
     visualize,
 )
 
@@ -123,6 +124,16 @@ def test_list_images_and_shard(env, tmp_path):
     assert parts[1] == [Path(p) for p in paths[1::3]]  # deterministic: the sorted paths, every 3rd
     with pytest.raises(ValueError):
         shard(paths, 3, 3)
+
+
+def test_uncached_images_are_those_without_a_finished_cache_file(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    paths = [tmp_path / f"{stem}.jpg" for stem in ("a", "b", "c", "d")]
+    cache_file(cache, "b").write_bytes(b"")
+    cache_file(cache, "d").write_bytes(b"")
+    (cache / f".{cache_file(cache, 'c').name}.tmp123").write_bytes(b"")  # a killed run's unfinished file
+    assert uncached(paths, cache) == [paths[0], paths[2]]
 
 
 def test_cached_rows_equal_the_model_on_image_and_mirror(env, model, clean_run):

@@ -248,16 +248,18 @@ def assemble(source: str, classes: ClassList, ids: Sequence[str], paths: Sequenc
     widths, heights = np.asarray(widths, np.int64), np.asarray(heights, np.int64)
     box_image, box_class = np.asarray(box_image, np.int64), np.asarray(box_class, np.int64)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    w, h = widths[box_image][:, None], heights[box_image][:, None]
+    w, h = widths[box_image], heights[box_image]
     # The original dropped boxes whose corners round to the same pixel column or row.
-    empty = (np.round(boxes[:, 0:1] * w) == np.round(boxes[:, 2:3] * w))[:, 0] | \
-            (np.round(boxes[:, 1:2] * h) == np.round(boxes[:, 3:4] * h))[:, 0]
+    empty = (np.round(boxes[:, 0] * w) == np.round(boxes[:, 2] * w)) | \
+            (np.round(boxes[:, 1] * h) == np.round(boxes[:, 3] * h))
+    del w, h
     if empty.any():
         log.warning("%s: %d boxes are less than a pixel wide or high once rounded; dropped", source, int(empty.sum()))
-    order = np.argsort(box_image[~empty], kind="stable")
+    kept = np.flatnonzero(~empty)
+    kept = kept[np.argsort(box_image[kept], kind="stable")]  # by image, in file order within one
     data = LevelData(classes, np.asarray(ids, dtype=object), list(paths), widths, heights,
-                     np.searchsorted(box_image[~empty][order], np.arange(len(ids) + 1)), boxes[~empty][order],
-                     box_class[~empty][order].astype(np.int32))
+                     np.searchsorted(box_image[kept], np.arange(len(ids) + 1)), boxes[kept],
+                     box_class[kept].astype(np.int32))
     log.info("%s: %d images (%d without boxes), %d boxes, %d classes", source, len(data),
              int((np.diff(data.offsets) == 0).sum()), len(data.boxes), data.num_classes)
     return data.only(labels_filter)
@@ -305,13 +307,17 @@ def load_level_data(annotations_csv: str, classes_csv: str, image_params_csv: st
     if not len(ids):
         raise OIDInputError(f"no image of this file was found in {images_dir} with a size in {image_params_csv}",
                             annotations_csv)
-    rows = df[df["LabelName"] != ""]
-    image_index = pd.Index(ids).get_indexer(rows["ImageID"].to_numpy(dtype=object))
-    rows = rows[image_index >= 0]
+    # index arrays into the file's columns, not copies of the frame (a full-size level file is 10 M rows)
+    labels = df["LabelName"].to_numpy(dtype=object)
+    rows = np.flatnonzero(labels != "")
+    image_index = pd.Index(ids).get_indexer(df["ImageID"].to_numpy(dtype=object)[rows])
+    rows, image_index = rows[image_index >= 0], image_index[image_index >= 0]
+    boxes = np.stack([df[c].to_numpy(dtype=np.float64)[rows] for c in ("XMin", "YMin", "XMax", "YMax")], axis=1)
+    box_class = pd.Index(classes.mids).get_indexer(labels[rows])
+    del df, labels
     return assemble(annotations_csv, classes, ids, [on_disk[i] for i in ids],
-                    sizes["width"].to_numpy()[keep], sizes["height"].to_numpy()[keep], image_index[image_index >= 0],
-                    rows[["XMin", "YMin", "XMax", "YMax"]].to_numpy(dtype=np.float64),
-                    pd.Index(classes.mids).get_indexer(rows["LabelName"].to_numpy(dtype=object)), labels_filter)
+                    sizes["width"].to_numpy()[keep], sizes["height"].to_numpy()[keep], image_index, boxes, box_class,
+                    labels_filter)
 
 
 def _csv_rows(path: str):

@@ -122,6 +122,36 @@ def box_table(spec: BoxFileSpec, mids: list[str], seed: int = 0, ids: np.ndarray
     return pd.DataFrame(columns, columns=list(BOX_COLUMNS))
 
 
+def write_dataset(root: str | os.PathLike, fraction: float = 1.0, progress: bool = False) -> dict[str, int]:
+    """The box files of Open Images at `fraction` of the real counts under `root`, named and laid out as the
+    2018 stage 1 reads them (`annotations/{train,validation}-annotations-bbox.csv`, the v4 files over the 600
+    boxable classes; `challenge-2019-{train,validation}-detection-bbox.csv`, the challenge's 500 classes, on the
+    same images); returns each file's rows."""
+    import time
+
+    from oid_retinanet.files import write_csv
+    from oid_retinanet.oid.classes import read_class_descriptions
+    from oid_retinanet.resources import resource_path
+
+    boxable = read_class_descriptions(resource_path("class-descriptions-boxable.csv")).mids
+    challenge = read_class_descriptions(resource_path("challenge-2018-class-descriptions-500.csv")).mids
+    rows = {}
+    for subset, (v4, c2019) in {"train": (V4_TRAIN, CHALLENGE_2019_TRAIN),
+                                "validation": (CHALLENGE_2019_VALIDATION, CHALLENGE_2019_VALIDATION)}.items():
+        v4, c2019 = v4.scaled(fraction), c2019.scaled(fraction)
+        ids = image_ids(v4.images, np.random.default_rng([1, len(subset)]))  # the same images in both files
+        for name, spec, mids, seed in ((f"annotations/{subset}-annotations-bbox.csv", v4, boxable, 2),
+                                       (f"challenge-2019-{subset}-detection-bbox.csv", c2019, challenge, 3)):
+            t = time.perf_counter()
+            df = box_table(spec, mids, seed=seed, ids=ids)
+            write_csv(df, os.path.join(root, name))
+            rows[name] = len(df)
+            if progress:
+                print(f"  {name}: {len(df):,} boxes on {spec.images:,} images ({time.perf_counter() - t:.0f} s)",
+                      flush=True)
+    return rows
+
+
 def write_images(folder: str, ids: np.ndarray, seed: int = 0, subfolders: bool = True) -> None:
     """Small real JPEGs for `ids` under `folder` (in `<first hex digit>/` subfolders as the train set when
     `subfolders`): a few seeded encodings of different sizes, each file followed by its ImageID after the
@@ -143,6 +173,24 @@ def write_images(folder: str, ids: np.ndarray, seed: int = 0, subfolders: bool =
             made.add(sub)
         with open(os.path.join(sub, image_id + ".jpg"), "wb") as f:
             f.write(templates[k] + image_id.encode())
+
+
+def write_photos(folder: str, n: int, seed: int = 0) -> list[str]:
+    """`n` JPEGs of Open Images' usual size (1024 on the long side, landscape 1024x768 or portrait 768x1024,
+    about 200 KB: smooth shapes with some grain, quality 90) for timing decoding; returns their paths."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for k in range(n):
+        h, w = (768, 1024) if k % 4 else (1024, 768)
+        coarse = rng.integers(0, 256, size=(h // 64, w // 64, 3), dtype=np.uint8)
+        image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        image += rng.normal(0, 6, image.shape)
+        paths.append(os.path.join(folder, f"{rng.integers(0, 2**63):016x}.jpg"))
+        cv2.imwrite(paths[-1], np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
 
 
 # ---- prediction caches: what RetinaNet's stage 4 writes for each image ----------------------------------------
@@ -224,3 +272,67 @@ def write_caches(folder: str | os.PathLike, n_images: int, n_models: int, seed: 
             rows = [model_output(rng, pool, mirrored=r == 1) for r in range(2)]
             write_cache(cache_file(d, image_id), *(np.stack([row[k] for row in rows]) for k in range(3)))
     return dirs
+
+
+# ---- the validation set's verified labels and a submission to score ----------------------------------------
+NEGATIVE_LABELS = 3  # verified-absent classes an image, beside its boxes' classes
+
+
+def image_labels(boxes: pd.DataFrame, mids: list[str], seed: int = 0) -> pd.DataFrame:
+    """The image-level labels file of a box file (`ImageID,Source,LabelName,Confidence`): each image's box classes
+    verified present (1) and NEGATIVE_LABELS other classes verified absent (0), as the challenge's
+    human-verified labels."""
+    rng = np.random.default_rng(seed)
+    positive = boxes[["ImageID", "LabelName"]].drop_duplicates().assign(Confidence=1)
+    ids = boxes["ImageID"].unique()
+    negative = pd.DataFrame({"ImageID": np.repeat(ids, NEGATIVE_LABELS),
+                             "LabelName": np.asarray(mids, dtype=object)[rng.integers(0, len(mids),
+                                                                                      len(ids) * NEGATIVE_LABELS)],
+                             "Confidence": 0}).drop_duplicates(["ImageID", "LabelName"])
+    negative = negative.merge(positive[["ImageID", "LabelName"]], how="left", indicator=True)
+    negative = negative[negative.pop("_merge") == "left_only"]
+    labels = pd.concat([positive, negative], ignore_index=True).sort_values(["ImageID", "LabelName"], kind="stable")
+    labels.insert(1, "Source", "verification")
+    return labels.reset_index(drop=True)
+
+
+def write_submission(path: str | os.PathLike, boxes: pd.DataFrame, mids: list[str], per_image: int = MAX_DETECTIONS,
+                     seed: int = 0, chunk: int = 5000) -> int:
+    """A Kaggle submission of `per_image` boxes on every image of the box file `boxes`: each true box found with
+    probability 0.8 (jittered by 5% of its size, a high score), the rest false detections of frequent classes
+    (low scores); returns the rows (images) written."""
+    from oid_retinanet.files import atomic_output
+    from oid_retinanet.oid.predictions import HEADER
+    from oid_retinanet.predict.ensemble import format_rows
+
+    rng = np.random.default_rng(seed)
+    boxes = boxes.sort_values("ImageID", kind="stable")
+    ids = boxes["ImageID"].unique()
+    index = pd.Index(mids)
+    gt_label = index.get_indexer(boxes["LabelName"].to_numpy(dtype=object))
+    gt_box = boxes[["XMin", "YMin", "XMax", "YMax"]].to_numpy(np.float64)
+    starts = np.searchsorted(boxes["ImageID"].to_numpy(dtype=object), ids)
+    counts = np.diff(np.append(starts, len(boxes)))
+    class_p = 1.0 / np.arange(1, len(mids) + 1) ** 1.1
+    class_p /= class_p.sum()
+    with atomic_output(path) as f:
+        f.write((",".join(HEADER) + "\n").encode())
+        for a in range(0, len(ids), chunk):
+            n = min(chunk, len(ids) - a)
+            slot = np.tile(np.arange(per_image), n)
+            image = np.repeat(np.arange(n), per_image)
+            true = slot < np.repeat(np.minimum(counts[a:a + n], per_image), per_image)
+            true &= rng.random(len(slot)) < 0.8
+            src = np.repeat(starts[a:a + n], per_image) + np.where(true, slot, 0)
+            xy = rng.random((len(slot), 2)) * 0.8
+            box = np.hstack([xy, np.minimum(xy + rng.uniform(0.02, 0.6, (len(slot), 2)), 1.0)])
+            found = gt_box[src[true]]
+            size = np.tile(found[:, 2:] - found[:, :2], 2)
+            jitter = np.clip(found + rng.normal(0, 0.05, found.shape) * size, 0, 1)  # 5% of the box's size
+            x, y = np.sort(jitter[:, [0, 2]], axis=1), np.sort(jitter[:, [1, 3]], axis=1)  # x1 <= x2, y1 <= y2
+            box[true] = np.column_stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]])
+            label = np.where(true, gt_label[src], rng.choice(len(mids), len(slot), p=class_p))
+            score = np.where(true, rng.beta(4, 2, len(slot)), rng.exponential(0.05, len(slot)).clip(0, 1))
+            rows = np.column_stack([label, score, box[:, 0], box[:, 1], box[:, 2], box[:, 3]])
+            f.write(format_rows(list(ids[a:a + n]), image, rows, np.asarray(mids, dtype=object), 6, 4))
+    return len(ids)

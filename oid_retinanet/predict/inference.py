@@ -35,7 +35,7 @@ from tqdm import tqdm
 from oid_retinanet.data.preprocess import prepare_image, read_image_bgr
 from oid_retinanet.errors import OIDInputError
 from oid_retinanet.files import atomic_path, atomic_write_text, remove_stale_temporaries_in
-from oid_retinanet.predict.cache import FAILURES_FILE, cache_file, read_cache, write_cache
+from oid_retinanet.predict.cache import FAILURES_FILE, cache_file, cache_ids, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,13 @@ def _check_unique_ids(paths: Sequence[Path]) -> None:
         seen[iid] = p
 
 
+def uncached(paths: Sequence[Path], cache_dir: str | os.PathLike) -> list[Path]:
+    """The images of `paths` without a finished cache file in `cache_dir`: what a resumed run still predicts (one
+    listing of the folder, not a file test per image: 99,999 test images)."""
+    done = set(cache_ids(cache_dir))
+    return [p for p in paths if image_id(p) not in done]
+
+
 def predict_images(model, paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike, min_side: int,
                    max_side: int, flip: bool = True, batch_size: int = 1, workers: int = 2,
                    progress: bool | None = None, failures_file: bool = True) -> InferenceReport:
@@ -197,7 +204,7 @@ def predict_images(model, paths: Sequence[str | os.PathLike], cache_dir: str | o
     paths = [Path(p) for p in paths]
     _check_unique_ids(paths)
     report = InferenceReport(images=len(paths))
-    todo = [p for p in paths if not cache_file(cache_dir, image_id(p)).exists()]
+    todo = uncached(paths, cache_dir)
     report.cached_before = len(paths) - len(todo)
     log.info("%d images, %d already cached, %d to predict (sides %d/%d, flip %s)", len(paths), report.cached_before,
              len(todo), min_side, max_side, flip)

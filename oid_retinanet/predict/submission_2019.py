@@ -240,7 +240,7 @@ class ConcatSummary:
 
 
 def concat_submissions(inputs: list[str], output_csv: str, by_position: bool = False,
-                       progress: bool = True, batch_images: int = 4096) -> ConcatSummary:
+                       progress: bool = True, batch_images: int = 512) -> ConcatSummary:
     """One row per image with the boxes of every input, in input order (the 2019 per-level concatenation).
 
     By ImageId (default): images come in the first input's order, then those only in later inputs in the
