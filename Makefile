@@ -46,9 +46,10 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 # Every stage at Open Images' real counts (about an hour on 2 cores, ~10 GB of disk while it runs, removed after):
-# the "Full scale" section of BENCHMARKS.md. FRACTION=0.01 runs it at 1% of the counts.
+# the "Full scale" section of BENCHMARKS.md. FRACTION=0.01 runs it at 1% of the counts; STAGES="stage4 metric"
+# measures those stages only (their rows replace the report's).
 bench-scale: $(STAMP)
-	$(PY) bench/full_scale.py --fraction $(or $(FRACTION),1)
+	$(PY) bench/full_scale.py --fraction $(or $(FRACTION),1) $(if $(STAGES),--stages $(STAGES))
 
 # The web demo on http://127.0.0.1:8000/ (PORT=N for another port) with the model `make demo` trained, or
 # another: make serve SERVE_ARGS="--weights models/x.h5"

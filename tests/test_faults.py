@@ -63,12 +63,15 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     images.mkdir()
     for image_id in train["ImageID"].unique():
         (images / f"{image_id}.jpg").touch()
+    photos = root / "photos"
+    fs.write_images(str(photos), train["ImageID"].unique()[:40], subfolders=False)
     levels_2019 = root / "levels_2019"
     assert run(["labelProcess/create_files_for_training_by_levels.py", "--train-csv",
                 str(data / "challenge-2019-train-detection-bbox.csv"), "--output-path", f"{levels_2019}/"],
                killer).returncode == 0
     return {"data": data, "killer": killer, "submission": root / "submission.csv", "labels": labels,
-            "images": images, "levels_2019": levels_2019, "train": data / "challenge-2019-train-detection-bbox.csv"}
+            "images": images, "photos": photos, "levels_2019": levels_2019,
+            "train": data / "challenge-2019-train-detection-bbox.csv"}
 
 
 def run(argv: list[str], killer: Path, kill_at: int = 0, count: Path | None = None) -> subprocess.CompletedProcess:
@@ -103,6 +106,8 @@ STAGES = {
                                        str(i["train"]), "--output-path", f"{out}/"], None),
     "gen_exists_annotation": (lambda i, out: ["labelProcess/gen_exists_annotation.py", "--images", str(i["images"]),
                                               "--output-path", f"{out}/", "--ratio", "0.2"], "levels_2019"),
+    "resize_move_images": (lambda i, out: ["labelProcess/resize_move_images.py", "--max-side", "32", "--workers", "1",
+                                           "--no-progress", str(i["photos"]), str(out)], None),
     "split_csv": (lambda i, out: ["retinanet_inference_submission/split_csv.py", str(i["submission"]),
                                   "--rows-per-part", "40", "--output-dir", str(out)], None),
     "evaluate_oid_map": (lambda i, out: ["evaluate_oid_map.py", "--predictions", str(i["submission"]), "--gt-boxes",
