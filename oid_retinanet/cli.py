@@ -15,8 +15,7 @@ import platform
 import sys
 from collections.abc import Callable, Iterator
 
-from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import is_disk_full
+from oid_retinanet.errors import OIDInputError, is_disk_full
 
 EXIT_USER_ERROR = 2
 

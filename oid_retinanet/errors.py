@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class OIDInputError(ValueError):
     """Bad user input: names the file, the row (1-based line in the file, header included) and the value."""
@@ -22,3 +24,8 @@ class DiskFullError(OIDInputError):
     def __init__(self, path: str):
         super().__init__("no space left on the device; the unfinished file was removed (free some space and run "
                          "again)", path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write that failed for lack of space (ENOSPC, or EDQUOT: the user's quota)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -5,7 +5,6 @@ whose name ends in `.gz` are read and written gzip-compressed, alike everywhere 
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import gzip
 import io
@@ -17,7 +16,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from oid_retinanet.errors import DiskFullError, OIDInputError
+from oid_retinanet.errors import DiskFullError, OIDInputError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +73,6 @@ def remove_stale_temporaries_in(folder: str | os.PathLike) -> None:
         stale = [(Path(e.path), int(m["pid"])) for e in entries if (m := _TEMPORARY.match(e.name)) and e.is_file()]
     for tmp, pid in stale:
         _remove_if_stale(tmp, pid)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """A write that failed for lack of space (ENOSPC, or EDQUOT: the user's quota)."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextlib.contextmanager
