@@ -17,6 +17,7 @@ set of the same shape (the tests use thousands of rows).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -127,8 +128,6 @@ def write_dataset(root: str | os.PathLike, fraction: float = 1.0, progress: bool
     2018 stage 1 reads them (`annotations/{train,validation}-annotations-bbox.csv`, the v4 files over the 600
     boxable classes; `challenge-2019-{train,validation}-detection-bbox.csv`, the challenge's 500 classes, on the
     same images); returns each file's rows."""
-    import time
-
     from oid_retinanet.files import write_csv
     from oid_retinanet.oid.classes import read_class_descriptions
     from oid_retinanet.resources import resource_path
@@ -308,8 +307,7 @@ def write_submission(path: str | os.PathLike, boxes: pd.DataFrame, mids: list[st
     rng = np.random.default_rng(seed)
     boxes = boxes.sort_values("ImageID", kind="stable")
     ids = boxes["ImageID"].unique()
-    index = pd.Index(mids)
-    gt_label = index.get_indexer(boxes["LabelName"].to_numpy(dtype=object))
+    gt_label = pd.Index(mids).get_indexer(boxes["LabelName"].to_numpy(dtype=object))
     gt_box = boxes[["XMin", "YMin", "XMax", "YMax"]].to_numpy(np.float64)
     starts = np.searchsorted(boxes["ImageID"].to_numpy(dtype=object), ids)
     counts = np.diff(np.append(starts, len(boxes)))
