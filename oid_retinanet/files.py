@@ -1,19 +1,23 @@
 """Atomic outputs: write to a temporary name beside the target, rename when complete. CSV inputs and outputs
 whose name ends in `.gz` are read and written gzip-compressed, alike everywhere (`open_input`, `native_input`,
-`atomic_output`)."""
+`atomic_output`). Tables too large to sort in memory are sorted through files (`sorted_rows`)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import gzip
+import heapq
 import io
 import json
 import logging
 import os
 import re
+import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 from oid_retinanet.errors import DiskFullError, OIDInputError, is_disk_full
@@ -192,3 +196,36 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterat
             yield text
             text.flush()
             text.detach()  # the gzip stream closes with its own context
+
+
+def row_writer(f):
+    """csv.writer for the files we write and read back ourselves (a resumable run's record, sort runs): lines end
+    in '\\r\\n', so that a field holding either character is quoted (csv quotes only the line end's characters)."""
+    return csv.writer(f, lineterminator="\r\n")
+
+
+SORT_RUN_ROWS = 100_000  # rows sorted in memory at a time by sorted_rows: ~10-30 MB of short rows
+
+
+def sorted_rows(rows: Iterable[Sequence[str]], key: Callable | None = None,
+                run_rows: int | None = None) -> Iterator[list[str]]:
+    """`rows` (sequences of strings) sorted by `key`, holding at most `run_rows` of them in memory: an external
+    merge sort. Each run of `run_rows` rows is sorted and written to a CSV file in a temporary folder (TMPDIR),
+    then the runs are merged as they are read, and the folder is removed. Stable: rows with equal keys keep their
+    order. Fewer rows than `run_rows` (default SORT_RUN_ROWS) are sorted in memory and never written. Yields
+    lists."""
+    rows, run_rows = iter(rows), run_rows or SORT_RUN_ROWS
+    run = sorted(map(list, islice(rows, run_rows)), key=key)
+    if len(run) < run_rows:
+        yield from run
+        return
+    with tempfile.TemporaryDirectory(prefix="oid-sort-") as folder, contextlib.ExitStack() as files:
+        readers = []
+        while run:
+            path = Path(folder) / f"run{len(readers)}.csv"
+            with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+                row_writer(f).writerows(run)
+            readers.append(csv.reader(files.enter_context(
+                open(path, encoding="utf-8", errors="surrogateescape", newline=""))))
+            run = sorted(map(list, islice(rows, run_rows)), key=key)
+        yield from heapq.merge(*readers, key=key)

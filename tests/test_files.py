@@ -1,4 +1,4 @@
-"""oid_retinanet.files: atomic outputs, and the temporaries a killed run leaves.
+"""oid_retinanet.files: atomic outputs, the temporaries a killed run leaves, and the external sort.
 
 Rule (hand-worked cases): a rerun removes `.<name>.tmp<pid><suffix>` of its own output when process <pid> is
 gone, or when that id now belongs to a process started after the file was last written (the id was reused);
@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from operator import itemgetter
 
+import numpy as np
 import pytest
 
-from oid_retinanet.files import atomic_path, remove_stale_temporaries_in
+from oid_retinanet.files import atomic_path, remove_stale_temporaries_in, sorted_rows
 
 
 def _dead_pid() -> int:
@@ -68,3 +71,24 @@ def test_failed_write_leaves_neither_file(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("run_rows", [1, 2, 3, 7, 1000])
+def test_sorted_rows_matches_sorted(run_rows):
+    """The external sort against Python's sorted(), stable, over run boundaries (exact multiples too) and on
+    fields CSV must quote or escape: commas, quotes, new lines, empty strings, undecodable file-name bytes."""
+    rng = np.random.default_rng(run_rows)
+    odd = ["a,b", 'q"q', "line\nbreak", "cr\rx", "", "\udcff\udc80", "é", "z"]
+    rows = [(str(rng.choice(odd + list("abc"))), str(i)) for i in range(42)]
+    for n in (0, 1, 6, 42):
+        assert list(sorted_rows(rows[:n], run_rows=run_rows)) == sorted(map(list, rows[:n]))
+        by_first = list(sorted_rows(rows[:n], key=itemgetter(0), run_rows=run_rows))
+        assert by_first == sorted(map(list, rows[:n]), key=itemgetter(0))  # equal keys keep their order
+
+
+def test_sorted_rows_removes_its_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    merged = sorted_rows([("b",), ("a",), ("c",)], run_rows=1)
+    assert next(merged) == ["a"] and len(list(tmp_path.glob("oid-sort-*/run*.csv"))) == 3
+    assert list(merged) == [["b"], ["c"]] and not list(tmp_path.iterdir())

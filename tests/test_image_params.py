@@ -20,6 +20,7 @@ from PIL import Image
 
 import oid_retinanet.data.image_params as ip
 from labelProcess import collect_image_parameters as script_2019
+from oid_retinanet import files
 from retinanet_training_level_1 import find_image_parameters as script_2018
 
 EXTS = ("jpg", "png")
@@ -134,8 +135,16 @@ def images() -> dict[str, bytes]:
     return make_images()
 
 
+@pytest.fixture(params=[None, 2], ids=["one_run", "runs_of_2"])
+def run_rows(request, monkeypatch):
+    """The listing (and a resumed run's record) sorted in memory, or through files in runs of 2 rows."""
+    if request.param:
+        monkeypatch.setattr(files, "SORT_RUN_ROWS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("layout,workers", [("flat", 1), ("subfolders", 2)])
-def test_rows_match_slow_reference(tmp_path, images, layout, workers):
+def test_rows_match_slow_reference(tmp_path, images, layout, workers, run_rows):
     paths = write_images(tmp_path / "img", layout, images)
     out = tmp_path / "out" / "validation_image_params.csv"
     summary = ip.scan_images(tmp_path / "img", out, workers=workers, extensions=EXTS)
@@ -213,7 +222,7 @@ def test_empty_folder_gives_header_only(tmp_path):
     assert ip.failures_path(out).read_text() == ""
 
 
-def test_resume_reads_only_what_is_left(tmp_path, images, monkeypatch):
+def test_resume_reads_only_what_is_left(tmp_path, images, monkeypatch, run_rows):
     paths = write_images(tmp_path / "img", "subfolders", images)
     out = tmp_path / "resumed" / "train_image_params.csv"
     real = ip.read_image_params
@@ -315,7 +324,7 @@ def test_script_without_any_folder_is_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("script", [script_2018, script_2019])
 @pytest.mark.parametrize("names", [("a.jpg", "a.png"), ("0/a.jpg", "1/a.jpg")])
-def test_two_files_with_one_image_id_are_refused(tmp_path, images, capsys, script, names):
+def test_two_files_with_one_image_id_are_refused(tmp_path, images, capsys, script, names, run_rows):
     """a.jpg and a.png (several --extensions), or one name in two subfolders: one line naming both, exit 2,
     no CSV (it would give ImageID a two rows)."""
     folder = tmp_path / "img"
@@ -336,3 +345,11 @@ def test_workers_must_be_a_positive_count(tmp_path, capsys, workers):
         script_2018.main(["--images", str(tmp_path), "--workers", workers])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "argument --workers:" in err and workers in err.splitlines()[-1], err
+
+
+def test_shared_ids_are_counted(run_rows):
+    rels = ["c.jpg", "1/b.jpg", "a.png", "0/b.jpg", "0/a.jpg", "d.jpg", "2/b.jpg", "1/e.jpg"]
+    with pytest.raises(ip.OIDInputError) as exc:
+        ip._check_unique_ids("img", rels, EXTS)
+    assert str(exc.value).startswith("img: image id a names 2 files: 0/a.jpg, a.png (1 more ids are shared); "), exc
+    ip._check_unique_ids("img", rels[:3] + rels[5:6], EXTS)  # all ids differ: no error

@@ -6,13 +6,18 @@ allocator's own growth still shows: 1,000 images are not enough). Full size: `ma
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from oid_retinanet import files
+from oid_retinanet.data.image_params import scan_images
 from oid_retinanet.demo import full_size as fs
 from oid_retinanet.oid.classes import read_class_descriptions
 from oid_retinanet.resources import resource_path
@@ -79,3 +84,27 @@ def test_peak_memory_is_flat_between_two_sizes(submissions, tmp_path, stage):
     small, large = (peaks[n] for n in SIZES)
     assert large <= small * TOLERANCE, f"{stage}: peak {small / 1024:.0f} MB at {SIZES[0]:,} images, " \
                                        f"{large / 1024:.0f} MB at {SIZES[1]:,}"
+
+
+def test_stage2_memory_is_flat_between_two_sizes(tmp_path, monkeypatch):
+    """2,000 and 16,000 files: a listing held in memory (about 100 bytes a file) would add 1.4 MB to the ~1.5 MB
+    of the scan itself (its 1 MB read buffer)."""
+    monkeypatch.setattr(files, "SORT_RUN_ROWS", 500)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    peaks = {}
+    for n in (2000, 16000):
+        folder = tmp_path / str(n)
+        for sub in range(4):
+            (folder / str(sub)).mkdir(parents=True)
+        for i in range(n):
+            (folder / str(i % 4) / f"{i:016x}.jpg").write_bytes(buf.getvalue())
+        tracemalloc.start()
+        try:
+            summary = scan_images(folder, tmp_path / f"{n}_image_params.csv", workers=1, progress=False)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert summary.images == n and summary.failures == 0
+    assert peaks[16000] <= peaks[2000] * TOLERANCE, f"stage 2: peak {peaks[2000] / 1e6:.2f} MB at 2,000 files, " \
+                                                    f"{peaks[16000] / 1e6:.2f} MB at 16,000"

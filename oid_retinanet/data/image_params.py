@@ -57,19 +57,21 @@ import multiprocessing
 import os
 import re
 import signal
+import tempfile
 import warnings
-from collections import Counter
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path
+from oid_retinanet.files import atomic_path, row_writer, sorted_rows
 
 log = logging.getLogger(__name__)
 
@@ -274,26 +276,26 @@ def _dotted(extensions: Iterable[str]) -> tuple[str, ...]:
     return tuple("." + e.lstrip(".") for e in extensions)
 
 
-def list_images(folder: str | os.PathLike, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> list[str]:
-    """Relative paths ('name.jpg' or 'sub/name.jpg', '/'-separated) of the images in `folder`, sorted.
-
-    Files directly in the folder and in its immediate subfolders, with one of `extensions` (no dot needed,
-    case-sensitive); names starting with '.' are skipped as glob skips them.
-    """
+def walk_images(folder: str | os.PathLike, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> Iterator[str]:
+    """Relative paths ('name.jpg' or 'sub/name.jpg', '/'-separated) of the images in `folder`, in the file
+    system's order: files directly in the folder and in its immediate subfolders, with one of `extensions` (no dot
+    needed, case-sensitive); names starting with '.' are skipped as glob skips them."""
     suffixes = _dotted(extensions)
-    found: list[str] = []
     with os.scandir(folder) as top:
         for entry in top:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
                 with os.scandir(entry.path) as sub:
-                    found.extend(f"{entry.name}/{e.name}" for e in sub
-                                 if e.name.endswith(suffixes) and not e.name.startswith(".") and e.is_file())
+                    yield from (f"{entry.name}/{e.name}" for e in sub
+                                if e.name.endswith(suffixes) and not e.name.startswith(".") and e.is_file())
             elif entry.name.endswith(suffixes) and entry.is_file():
-                found.append(entry.name)
-    found.sort()
-    return found
+                yield entry.name
+
+
+def list_images(folder: str | os.PathLike, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> list[str]:
+    """`walk_images` sorted, as a list (scan_images sorts through files instead: see `sorted_rows`)."""
+    return sorted(walk_images(folder, extensions))
 
 
 def partial_path(csv_path: str | os.PathLike) -> Path:
@@ -308,33 +310,59 @@ def failures_path(csv_path: str | os.PathLike) -> Path:
     return csv_path.with_name(csv_path.stem + "_failures.txt")
 
 
-def load_partial(path: str | os.PathLike) -> dict[str, tuple[str, FileParams]]:
-    """Complete rows of a `.partial` file: relative path -> (id, params); later rows win.
+def _read_rows(path: Path) -> Iterator[list[str]]:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        yield from csv.reader(f)
+
+
+def _write_rows(path: Path, rows: Iterable[Sequence[str]]) -> int:
+    """Write `rows` to the CSV file `path`; how many there were."""
+    n = 0
+    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        writer = row_writer(f)
+        for n, row in enumerate(rows, 1):
+            writer.writerow(row)
+    return n
+
+
+def _params(row: Sequence[str]) -> FileParams:
+    """The FileParams of a `.partial` row (path, id, then FileParams' fields as strings)."""
+    width, height, channel, size, md5, mtime, problem = row[2:]
+    return FileParams(int(width), int(height), int(channel), int(size), md5, int(mtime), problem)
+
+
+def partial_rows(path: str | os.PathLike) -> Iterator[list[str]]:
+    """The complete rows of a `.partial` file, in the file's order (later rows of one path win), as strings.
 
     A last line without its newline (the run was killed while writing it) and malformed lines are dropped;
-    a file with another header is ignored.
+    a file with another header gives nothing.
     """
-    text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
-    text = text[:text.rfind("\n") + 1]
-    rows = csv.reader(io.StringIO(text, newline=""))
-    if next(rows, None) != list(PARTIAL_HEADER):
-        log.warning("%s: not a partial image-params file, starting afresh", path)
-        return {}
-    done: dict[str, tuple[str, FileParams]] = {}
     dropped = 0
-    for row in rows:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        rows = csv.reader(line for line in f if line.endswith("\n"))  # only the last line can lack it
         try:
-            rel, image, width, height, channel, size, md5, mtime, problem = row
-            params = FileParams(int(width), int(height), int(channel), int(size), md5, int(mtime), problem)
-            if md5 and not _MD5_RE.fullmatch(md5):
-                raise ValueError(md5)
-        except ValueError:
+            if next(rows, None) != list(PARTIAL_HEADER):
+                log.warning("%s: not a partial image-params file, starting afresh", path)
+                return
+            for row in rows:
+                try:
+                    md5 = _params(row).md5  # ValueError: not 9 fields, or a number that is not one
+                except ValueError:
+                    md5 = "malformed"
+                if md5 and not _MD5_RE.fullmatch(md5):
+                    dropped += 1
+                    continue
+                yield row
+        except csv.Error:  # cut inside a quoted field
             dropped += 1
-            continue
-        done[rel] = (image, params)
     if dropped:
         log.warning("%s: %d malformed lines ignored", path, dropped)
-    return done
+
+
+def _latest(rows: Iterable[list[str]]) -> Iterator[list[str]]:
+    """The last row of each run of rows with one path (rows sorted stably by path: the last is the latest)."""
+    for _, same in groupby(rows, key=itemgetter(0)):
+        yield deque(same, maxlen=1)[0]
 
 
 def _still_valid(folder: str, rel: str, params: FileParams) -> bool:
@@ -365,25 +393,39 @@ def _results(paths: Iterable[str], workers: int) -> Iterator[tuple[str, FilePara
         yield from pool.imap(_scan_one, paths, chunksize=16)
 
 
-def _check_unique_ids(folder: str, rels: list[str], extensions: Sequence[str]) -> None:
+def _check_unique_ids(folder: str, rels: Iterable[str], extensions: Sequence[str]) -> None:
     """OIDInputError when two files give one ImageID (`a.jpg` and `a.png`, or `a.jpg` in two subfolders): found by
-    the ids' hashes (8 bytes a file, not a table of 1.7 M ids), the few equal hashes then compared by id."""
-    def ident(rel: str) -> str:
-        return image_id(rel.rsplit("/", 1)[-1], extensions)
-
-    hashes = np.fromiter((hash(ident(r)) for r in rels), dtype=np.int64, count=len(rels))
-    ordered = np.sort(hashes)
-    shared = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
-    if not shared:
+    sorting the (id, path) pairs through files (`sorted_rows`), so memory does not grow with the listing."""
+    pairs = sorted_rows((image_id(r.rsplit("/", 1)[-1], extensions), r) for r in rels)
+    shared = (group for group in (list(g) for _, g in groupby(pairs, key=itemgetter(0))) if len(group) > 1)
+    first = next(shared, None)
+    if first is None:
         return
-    counts = Counter(ident(r) for r, h in zip(rels, hashes.tolist()) if h in shared)
-    dup = [i for i, c in counts.items() if c > 1]
-    if dup:
-        # two rows with one ImageID would give later stages two sizes for one image (stage 4 refuses the same)
-        first = [r for r in rels if ident(r) == dup[0]]
-        more = f" ({len(dup) - 1} more ids are shared)" if len(dup) > 1 else ""
-        raise OIDInputError(f"image id {dup[0]} names {len(first)} files: {', '.join(first)}{more}; keep one, or "
-                            "scan one extension (--extensions) or folder (--images) at a time", path=str(folder))
+    # two rows with one ImageID would give later stages two sizes for one image (stage 4 refuses the same)
+    more = sum(1 for _ in shared)
+    more = f" ({more} more ids are shared)" if more else ""
+    raise OIDInputError(f"image id {first[0][0]} names {len(first)} files: {', '.join(r for _, r in first)}{more}; "
+                        "keep one, or scan one extension (--extensions) or folder (--images) at a time", path=folder)
+
+
+def _plan(folder: str, listing: Path, earlier: Iterator[list[str]], plan: Path, partial) -> int:
+    """Write `plan`: for each image of the sorted `listing`, in its order, the row an earlier run wrote when the
+    file has not changed since (also written to the new `partial`), else only its path (to be scanned). `earlier`:
+    that run's rows sorted by path, one a path. Returns how many rows were taken."""
+    taken = 0
+    row = next(earlier, None)
+    with open(plan, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        out = row_writer(f)
+        for (rel,) in _read_rows(listing):
+            while row is not None and row[0] < rel:
+                row = next(earlier, None)
+            if row is not None and row[0] == rel and _still_valid(folder, rel, _params(row)):
+                out.writerow(row)
+                partial.writerow(row)
+                taken += 1
+            else:
+                out.writerow((rel,))
+    return taken
 
 
 def scan_images(folder: str | os.PathLike, csv_path: str | os.PathLike, subset: str | None = None,
@@ -391,11 +433,12 @@ def scan_images(folder: str | os.PathLike, csv_path: str | os.PathLike, subset: 
                 progress: bool | None = None) -> ScanSummary:
     """Write `csv_path` (id,width,height,channel,size,md5) for every image under `folder`, resuming if possible.
 
-    The rows stream: each image's row goes to the `.partial` file (what a resumed run keeps) and, in the sorted
-    order of the listing, to the CSV's temporary file, so memory holds the listing, not the rows (about 100
-    bytes a file: 0.2 GB for the 1,743,042 train images). workers: processes (default os.cpu_count(); 1 scans
-    in this process). progress: tqdm bar (None: only on a terminal). Raises OIDInputError when `folder` is not a
-    folder.
+    Memory does not grow with the images: the listing is sorted through files (`sorted_rows`) into a temporary
+    folder (TMPDIR; about 100 bytes of disk a file, twice that when resuming: 0.2 GB for 1,743,042 images), an
+    earlier run's `.partial` rows likewise, and each image's row streams to the `.partial` file (what a resumed
+    run keeps) and, in the listing's order, to the CSV's temporary file. workers: processes (default
+    os.cpu_count(); 1 scans in this process). progress: tqdm bar (None: only on a terminal). Raises
+    OIDInputError when `folder` is not a folder.
     """
     folder = os.fspath(folder)
     csv_path = Path(csv_path)
@@ -403,54 +446,53 @@ def scan_images(folder: str | os.PathLike, csv_path: str | os.PathLike, subset: 
         raise OIDInputError("no such images folder", path=folder)
     subset = subset or csv_path.stem.removesuffix("_image_params")
     workers = (os.cpu_count() or 1) if workers is None else workers
-    rels = list_images(folder, extensions)
-    if not rels:
-        log.warning("%s: no %s files in it or its subfolders", folder, "/".join(_dotted(extensions)))
-    _check_unique_ids(folder, rels, extensions)
-
     partial = partial_path(csv_path)
-    done: dict[str, tuple[str, FileParams]] = {}
-    if partial.exists():
-        earlier = load_partial(partial)
-        done = {r: earlier[r] for r in rels if r in earlier and _still_valid(folder, r, earlier[r][1])}
-        log.info("%s: resuming, %d of %d images done in %s", subset, len(done), len(rels), partial)
-    summary = ScanSummary(subset, csv_path, images=len(rels), reused=len(done))
-    # which images to scan, fixed before `done` is emptied below (the workers' feed reads it): a byte a file
-    todo = np.fromiter((r not in done for r in rels), dtype=bool, count=len(rels))
+    with tempfile.TemporaryDirectory(prefix="oid-scan-") as work:
+        listing, plan = Path(work) / "listing.csv", Path(work) / "plan.csv"
+        images = _write_rows(listing, sorted_rows((r,) for r in walk_images(folder, extensions)))
+        if not images:
+            log.warning("%s: no %s files in it or its subfolders", folder, "/".join(_dotted(extensions)))
+        _check_unique_ids(folder, (r for r, in _read_rows(listing)), extensions)
 
-    # Rewrite the partial with the rows kept, then append each new row as it arrives.
-    with atomic_path(partial) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(PARTIAL_HEADER)
-        writer.writerows((r, i, *p) for r, (i, p) in done.items())
-    failures = []
-    with open(partial, "a", encoding="utf-8", errors="surrogateescape", newline="") as f, \
-            atomic_path(csv_path) as out_tmp, \
-            open(out_tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as out, \
-            tqdm(total=len(rels), initial=len(done), desc=subset, unit="img", disable=_disabled(progress)) as bar:
-        writer, rows = csv.writer(f, lineterminator="\n"), csv.writer(out, lineterminator="\n")
-        rows.writerow(HEADER)
-        results = _results((os.path.join(folder, r) for r, new in zip(rels, todo) if new),
-                           workers if todo.sum() > 1 else 1)
-        try:
-            for rel, new in zip(rels, todo):
-                if new:
-                    _, params = next(results)
-                    image = image_id(rel.rsplit("/", 1)[-1], extensions)
-                    writer.writerow((rel, image, *params))
-                    f.flush()
-                    bar.update()
-                else:
-                    image, params = done.pop(rel)
-                rows.writerow((image, *params[:5]))
-                if params.problem:
-                    failures.append((os.path.join(folder, rel), params.problem))
-        except KeyboardInterrupt:
-            log.warning("%s: interrupted after %d of %d images; run again to resume from %s", subset, bar.n,
-                        len(rels), partial)
-            raise
-        finally:
-            results.close()
+        # Rewrite the partial with the rows kept, then append each new row as it arrives.
+        earlier = _latest(sorted_rows(partial_rows(partial), key=itemgetter(0))) if partial.exists() else iter(())
+        with atomic_path(partial) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            writer = row_writer(f)
+            writer.writerow(PARTIAL_HEADER)
+            reused = _plan(folder, listing, earlier, plan, writer)
+        if reused:
+            log.info("%s: resuming, %d of %d images done in %s", subset, reused, images, partial)
+        summary = ScanSummary(subset, csv_path, images=images, reused=reused)
+
+        failures = []
+        with open(partial, "a", encoding="utf-8", errors="surrogateescape", newline="") as f, \
+                atomic_path(csv_path) as out_tmp, \
+                open(out_tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as out, \
+                tqdm(total=images, initial=reused, desc=subset, unit="img", disable=_disabled(progress)) as bar:
+            writer, rows = row_writer(f), csv.writer(out, lineterminator="\n")
+            rows.writerow(HEADER)
+            todo = (os.path.join(folder, row[0]) for row in _read_rows(plan) if len(row) == 1)
+            results = _results(todo, workers if images - reused > 1 else 1)
+            try:
+                for row in _read_rows(plan):
+                    rel = row[0]
+                    if len(row) == 1:
+                        _, params = next(results)
+                        image = image_id(rel.rsplit("/", 1)[-1], extensions)
+                        writer.writerow((rel, image, *params))
+                        f.flush()
+                        bar.update()
+                    else:
+                        image, params = row[1], _params(row)
+                    rows.writerow((image, *params[:5]))
+                    if params.problem:
+                        failures.append((os.path.join(folder, rel), params.problem))
+            except KeyboardInterrupt:
+                log.warning("%s: interrupted after %d of %d images; run again to resume from %s", subset, bar.n,
+                            images, partial)
+                raise
+            finally:
+                results.close()
 
     for path, problem in failures:
         log.warning("%s: %s", path, problem)
