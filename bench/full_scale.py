@@ -265,7 +265,7 @@ def stage2(work: Path, fraction: float) -> list[dict]:
     per_file = {n: runs[n]["seconds"] / n for n in sizes}
     row = {"stage": "stage 2", "files": sizes, "seconds": {str(n): runs[n]["seconds"] for n in sizes},
            "peak_rss_mb": {str(n): peak(runs[n]) for n in sizes},
-           "per_file_ratio": per_file[large] / per_file[small],
+           "per_file_ratio": per_file[large] / per_file[small], "memory_ratio": peak(runs[large]) / peak(runs[small]),
            "projected_seconds": per_file[large] * fs.V4_TRAIN.images, "killed_and_resumed_same_bytes": same}
     print(f"  per file {row['per_file_ratio']:.2f}x from {small:,} to {large:,} files; killed at half way and "
           f"rerun: {'the same' if same else 'OTHER'} bytes", flush=True)
@@ -281,7 +281,7 @@ def stage2(work: Path, fraction: float) -> list[dict]:
     row.update(cells(
         "stage 2: image parameters (2 workers)", f"{small:,} and {large:,} small JPEGs; {n:,} JPEGs of ~190 KB",
         f"{runs[small]['seconds']:.1f} s, {peak(runs[small]):.0f} MB; {runs[large]['seconds']:.1f} s, "
-        f"{peak(runs[large]):.0f} MB; projected for {fs.V4_TRAIN.images:,} files: "
+        f"{peak(runs[large]):.0f} MB (memory {row['memory_ratio']:.2f}x); projected for {fs.V4_TRAIN.images:,} files: "
         f"{row['projected_seconds'] / 60:.0f} min; the ~190 KB JPEGs (md5 of every byte, from the page cache): "
         f"{real['seconds']:.1f} s, projected {row['real_size_projected_seconds'] / 60:.0f} min plus the disk's "
         f"reading time; killed half way and rerun: {'same bytes' if same else 'DIFFERENT bytes'}",
@@ -408,6 +408,8 @@ def speed_phase(folder: str) -> dict:
             generator[i]
         rates[name] = len(generator) / (time.perf_counter() - t)
     return {"images_per_s": rates}
+
+
 # ---- the test set: 3 models' caches (stage 4), their CSVs (stage 4 --from-cache), stages 5 and 6 ---------------
 ENSEMBLE_MODELS = 3
 
@@ -454,9 +456,9 @@ def from_cache_argv(cache_dir: str, labels: Path, out: Path) -> list[str]:
             str(labels), "--output", str(out)]
 
 
-def model_csvs(work: Path, fraction: float) -> list[Path]:
-    """Each model's CSV of the test set (stage 4 --from-cache), written unless there from stage 4 of this run."""
-    dirs, labels = test_set(work, fraction)
+def model_csvs(work: Path, dirs: list[str], labels: Path) -> list[Path]:
+    """Each model's CSV of the test set (`dirs`, `labels`: test_set's) by stage 4 --from-cache, written unless there
+    from stage 4 of this run."""
     csvs = [work / f"model_{m}.csv" for m in range(ENSEMBLE_MODELS)]
     for d, out in zip(dirs, csvs):
         if not out.exists():
@@ -580,7 +582,7 @@ def stage5(work: Path, fraction: float) -> list[dict]:
     at both sizes; stage 5 against pandas reading its input and writing its output."""
     from oid_retinanet.resources import resource_path
 
-    csvs = model_csvs(work, fraction)
+    csvs = model_csvs(work, *test_set(work, fraction))
     n = test_images(fraction)
     folder = work / "stage5"
     rows = []
@@ -646,7 +648,7 @@ def stage5(work: Path, fraction: float) -> list[dict]:
 def stage6(work: Path, fraction: float) -> list[dict]:
     """Ensembling 3 models' predictions of the test set with avg and wbf, from the caches and from the CSVs."""
     dirs, labels = test_set(work, fraction)
-    csvs = model_csvs(work, fraction)
+    csvs = model_csvs(work, dirs, labels)
     rows = []
     for source, inputs in (("caches", ["--cache-dirs", *dirs]), ("CSVs", ["--csvs", *map(str, csvs)])):
         for kind in ("avg", "wbf"):
