@@ -204,7 +204,7 @@ def row_writer(f):
     return csv.writer(f, lineterminator="\r\n")
 
 
-SORT_RUN_ROWS = 100_000  # rows sorted in memory at a time by sorted_rows: ~10-30 MB of short rows
+SORT_RUN_ROWS = 20_000  # rows sorted in memory at a time by sorted_rows: 2-5 MB of short rows (a file path, an id)
 
 
 def sorted_rows(rows: Iterable[Sequence[str]], key: Callable | None = None,
