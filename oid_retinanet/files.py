@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,9 +34,13 @@ def _process_start(pid: int) -> float | None:
         return None
     except PermissionError:
         pass  # running, as another user
-    try:
-        return os.stat(f"/proc/{pid}").st_ctime
-    except OSError:
+    try:  # field 22 of /proc/<pid>/stat: clock ticks after boot (not /proc/<pid>'s ctime: when it was first looked at)
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
         return float("-inf")  # running, start unknown: assume it may be writing
 
 
@@ -49,13 +54,13 @@ def is_temporary(name: str) -> bool:
 
 def _remove_if_stale(tmp: Path, pid: int) -> None:
     """Remove a temporary of process `pid` if that process is gone, or if its id now belongs to a process started
-    after the file was last written."""
+    after the file was last written (by more than a second: the boot time is in whole seconds)."""
     if pid == os.getpid():
         return
     started = _process_start(pid)
-    with contextlib.suppress(FileNotFoundError):
-        if started is None or started > tmp.stat().st_mtime:
-            tmp.unlink()
+    with contextlib.suppress(FileNotFoundError, PermissionError):  # gone meanwhile; another user's
+        if started is None or started > tmp.stat().st_mtime + 1:
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
             log.info("removed %s, left by an interrupted run (process %s)", tmp, pid)
 
 
@@ -204,25 +209,36 @@ def row_writer(f):
     return csv.writer(f, lineterminator="\r\n")
 
 
+@contextlib.contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder in TMPDIR, `<prefix><pid>-<random>`, removed after. Those of `prefix` that a killed run
+    left (SIGKILL, power loss: its process gone) are removed first."""
+    for old in Path(tempfile.gettempdir()).glob(glob.escape(prefix) + "*-*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit():
+            _remove_if_stale(old, int(pid))
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
+        yield Path(folder)
+
+
 SORT_RUN_ROWS = 20_000  # rows sorted in memory at a time by sorted_rows: 2-5 MB of short rows (a file path, an id)
 
 
 def sorted_rows(rows: Iterable[Sequence[str]], key: Callable | None = None,
                 run_rows: int | None = None) -> Iterator[list[str]]:
     """`rows` (sequences of strings) sorted by `key`, holding at most `run_rows` of them in memory: an external
-    merge sort. Each run of `run_rows` rows is sorted and written to a CSV file in a temporary folder (TMPDIR),
-    then the runs are merged as they are read, and the folder is removed. Stable: rows with equal keys keep their
-    order. Fewer rows than `run_rows` (default SORT_RUN_ROWS) are sorted in memory and never written. Yields
-    lists."""
+    merge sort. Each run of `run_rows` rows is sorted and written to a CSV file in a `scratch_folder`, then the
+    runs are merged as they are read, and the folder is removed. Stable: rows with equal keys keep their order.
+    Fewer rows than `run_rows` (default SORT_RUN_ROWS) are sorted in memory and never written. Yields lists."""
     rows, run_rows = iter(rows), run_rows or SORT_RUN_ROWS
     run = sorted(map(list, islice(rows, run_rows)), key=key)
     if len(run) < run_rows:
         yield from run
         return
-    with tempfile.TemporaryDirectory(prefix="oid-sort-") as folder, contextlib.ExitStack() as files:
+    with scratch_folder("oid-sort-") as folder, contextlib.ExitStack() as files:
         readers = []
         while run:
-            path = Path(folder) / f"run{len(readers)}.csv"
+            path = folder / f"run{len(readers)}.csv"
             with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
                 row_writer(f).writerows(run)
             readers.append(csv.reader(files.enter_context(

@@ -16,7 +16,7 @@ from operator import itemgetter
 import numpy as np
 import pytest
 
-from oid_retinanet.files import atomic_path, remove_stale_temporaries_in, sorted_rows
+from oid_retinanet.files import atomic_path, remove_stale_temporaries_in, scratch_folder, sorted_rows
 
 
 def _dead_pid() -> int:
@@ -92,3 +92,19 @@ def test_sorted_rows_removes_its_runs(tmp_path, monkeypatch):
     merged = sorted_rows([("b",), ("a",), ("c",)], run_rows=1)
     assert next(merged) == ["a"] and len(list(tmp_path.glob("oid-sort-*/run*.csv"))) == 3
     assert list(merged) == [["b"], ["c"]] and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="process start times come from /proc")
+def test_scratch_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
+    """A run killed by SIGKILL cannot remove its scratch folder: the next one with that prefix does, and leaves a
+    running process's and other names alone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, running = tmp_path / f"oid-scan-{_dead_pid()}-x1", tmp_path / f"oid-scan-{os.getppid()}-x2"
+    other = [tmp_path / "oid-scan-5fc0pv71", tmp_path / f"oid-sort-{_dead_pid()}-x3"]
+    for folder in (dead, running, *other):
+        folder.mkdir()
+        (folder / "listing.csv").write_text("a.jpg\n")
+    with scratch_folder("oid-scan-") as folder:
+        assert folder.name.startswith(f"oid-scan-{os.getpid()}-") and folder.is_dir()
+        assert not dead.exists() and running.exists() and all(f.exists() for f in other)
+    assert not folder.exists()

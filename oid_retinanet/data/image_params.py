@@ -57,7 +57,6 @@ import multiprocessing
 import os
 import re
 import signal
-import tempfile
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -71,7 +70,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path, row_writer, sorted_rows
+from oid_retinanet.files import atomic_path, row_writer, scratch_folder, sorted_rows
 
 log = logging.getLogger(__name__)
 
@@ -447,8 +446,8 @@ def scan_images(folder: str | os.PathLike, csv_path: str | os.PathLike, subset: 
     subset = subset or csv_path.stem.removesuffix("_image_params")
     workers = (os.cpu_count() or 1) if workers is None else workers
     partial = partial_path(csv_path)
-    with tempfile.TemporaryDirectory(prefix="oid-scan-") as work:
-        listing, plan = Path(work) / "listing.csv", Path(work) / "plan.csv"
+    with scratch_folder("oid-scan-") as work:
+        listing, plan = work / "listing.csv", work / "plan.csv"
         images = _write_rows(listing, sorted_rows((r,) for r in walk_images(folder, extensions)))
         if not images:
             log.warning("%s: no %s files in it or its subfolders", folder, "/".join(_dotted(extensions)))
