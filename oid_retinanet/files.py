@@ -209,6 +209,22 @@ def row_writer(f):
     return csv.writer(f, lineterminator="\r\n")
 
 
+def write_rows(path: str | os.PathLike, rows: Iterable[Sequence[str]]) -> int:
+    """Write `rows` to a CSV file of ours (`row_writer`); how many there were."""
+    n = 0
+    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        writer = row_writer(f)
+        for n, row in enumerate(rows, 1):
+            writer.writerow(row)
+    return n
+
+
+def read_rows(path: str | os.PathLike) -> Iterator[list[str]]:
+    """The rows of a CSV file `write_rows` wrote, as they are read."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        yield from csv.reader(f)
+
+
 @contextlib.contextmanager
 def scratch_folder(prefix: str) -> Iterator[Path]:
     """A temporary folder in TMPDIR, `<prefix><pid>-<random>`, removed after. Those of `prefix` that a killed run
@@ -235,13 +251,10 @@ def sorted_rows(rows: Iterable[Sequence[str]], key: Callable | None = None,
     if len(run) < run_rows:
         yield from run
         return
-    with scratch_folder("oid-sort-") as folder, contextlib.ExitStack() as files:
-        readers = []
+    with scratch_folder("oid-sort-") as folder:
+        runs = []
         while run:
-            path = folder / f"run{len(readers)}.csv"
-            with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-                row_writer(f).writerows(run)
-            readers.append(csv.reader(files.enter_context(
-                open(path, encoding="utf-8", errors="surrogateescape", newline=""))))
+            runs.append(folder / f"run{len(runs)}.csv")
+            write_rows(runs[-1], run)
             run = sorted(map(list, islice(rows, run_rows)), key=key)
-        yield from heapq.merge(*readers, key=key)
+        yield from heapq.merge(*map(read_rows, runs), key=key)

@@ -87,8 +87,7 @@ def test_sorted_rows_matches_sorted(run_rows):
 
 
 def test_sorted_rows_removes_its_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     merged = sorted_rows([("b",), ("a",), ("c",)], run_rows=1)
     assert next(merged) == ["a"] and len(list(tmp_path.glob("oid-sort-*/run*.csv"))) == 3
     assert list(merged) == [["b"], ["c"]] and not list(tmp_path.iterdir())

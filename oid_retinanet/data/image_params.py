@@ -70,7 +70,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from oid_retinanet.errors import OIDInputError
-from oid_retinanet.files import atomic_path, row_writer, scratch_folder, sorted_rows
+from oid_retinanet.files import atomic_path, read_rows, row_writer, scratch_folder, sorted_rows, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -309,21 +309,6 @@ def failures_path(csv_path: str | os.PathLike) -> Path:
     return csv_path.with_name(csv_path.stem + "_failures.txt")
 
 
-def _read_rows(path: Path) -> Iterator[list[str]]:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        yield from csv.reader(f)
-
-
-def _write_rows(path: Path, rows: Iterable[Sequence[str]]) -> int:
-    """Write `rows` to the CSV file `path`; how many there were."""
-    n = 0
-    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-        writer = row_writer(f)
-        for n, row in enumerate(rows, 1):
-            writer.writerow(row)
-    return n
-
-
 def _params(row: Sequence[str]) -> FileParams:
     """The FileParams of a `.partial` row (path, id, then FileParams' fields as strings)."""
     width, height, channel, size, md5, mtime, problem = row[2:]
@@ -415,7 +400,7 @@ def _plan(folder: str, listing: Path, earlier: Iterator[list[str]], plan: Path, 
     row = next(earlier, None)
     with open(plan, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         out = row_writer(f)
-        for (rel,) in _read_rows(listing):
+        for (rel,) in read_rows(listing):
             while row is not None and row[0] < rel:
                 row = next(earlier, None)
             if row is not None and row[0] == rel and _still_valid(folder, rel, _params(row)):
@@ -448,10 +433,10 @@ def scan_images(folder: str | os.PathLike, csv_path: str | os.PathLike, subset: 
     partial = partial_path(csv_path)
     with scratch_folder("oid-scan-") as work:
         listing, plan = work / "listing.csv", work / "plan.csv"
-        images = _write_rows(listing, sorted_rows((r,) for r in walk_images(folder, extensions)))
+        images = write_rows(listing, sorted_rows((r,) for r in walk_images(folder, extensions)))
         if not images:
             log.warning("%s: no %s files in it or its subfolders", folder, "/".join(_dotted(extensions)))
-        _check_unique_ids(folder, (r for r, in _read_rows(listing)), extensions)
+        _check_unique_ids(folder, (r for r, in read_rows(listing)), extensions)
 
         # Rewrite the partial with the rows kept, then append each new row as it arrives.
         earlier = _latest(sorted_rows(partial_rows(partial), key=itemgetter(0))) if partial.exists() else iter(())
@@ -470,10 +455,10 @@ def scan_images(folder: str | os.PathLike, csv_path: str | os.PathLike, subset: 
                 tqdm(total=images, initial=reused, desc=subset, unit="img", disable=_disabled(progress)) as bar:
             writer, rows = row_writer(f), csv.writer(out, lineterminator="\n")
             rows.writerow(HEADER)
-            todo = (os.path.join(folder, row[0]) for row in _read_rows(plan) if len(row) == 1)
+            todo = (os.path.join(folder, row[0]) for row in read_rows(plan) if len(row) == 1)
             results = _results(todo, workers if images - reused > 1 else 1)
             try:
-                for row in _read_rows(plan):
+                for row in read_rows(plan):
                     rel = row[0]
                     if len(row) == 1:
                         _, params = next(results)
